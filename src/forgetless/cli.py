@@ -1,0 +1,85 @@
+"""The ``forgetless`` command line.
+
+Each stage folder contributes its own commands (``curate``, ``tokens``, ``eval``, ``serve``, ...);
+this module only wires them together and turns user errors into one clear line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import ForgetlessError
+
+app = typer.Typer(
+    name="forgetless",
+    help="Fine-tune an LLM on domain documents without catastrophic forgetting, and prove it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint in run_dir.")] = False,
+) -> None:
+    """Run the whole pipeline: curate, tokens, train with both suites at every checkpoint, select, report."""
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    cfg = load_config(config, overrides or [])
+    run_pipeline(cfg, resume=resume, console=console)
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+) -> None:
+    """Print the resolved config, or every error with its key path and line."""
+    from .config import dump_config, load_config
+
+    cfg = load_config(config, overrides or [])
+    typer.echo(dump_config(cfg), nl=False)
+
+
+@app.command()
+def demo(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+) -> None:
+    """Run examples/quickstart.yaml on the embedded model (what `make demo` calls)."""
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    cfg = load_config(EXAMPLES_DIR / "quickstart.yaml", overrides or [])
+    run_pipeline(cfg, resume=False, console=console)
+
+
+# --- stage commands (each stage owns its own cli module) ---------------------------------------
+# STAGE-COMMANDS-BEGIN
+# STAGE-COMMANDS-END
+
+
+def main() -> None:
+    """Entry point: user errors print one message and exit 2; bugs keep their traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except ForgetlessError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Config sections for evaluation and the forgetting budget."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvalConfig(_Section):
+    """Both suites run at every checkpoint; these knobs trade evaluation time for precision."""
+
+    general_prompts: str = Field(
+        "builtin",
+        description="'builtin' (forgetless' versioned general prompts) or a JSONL file with 'prompt' and 'category'.",
+    )
+    general_max_new_tokens: int = Field(
+        48, ge=1, description="Length of the base model's cached greedy answers that KL is measured on."
+    )
+    general_limit: int = Field(0, ge=0, description="Use only the first N general prompts (0: all). Fewer is faster and noisier.")
+    qa_max_new_tokens: int = Field(24, ge=1, description="Generation length for domain QA answers.")
+    batch_size: int = Field(16, ge=1, description="Sequences per forward pass during evaluation.")
+    kl_topk: int = Field(
+        64, ge=1, description="Base log-probs kept per position (plus one bucket for the rest): KL is exact up to the mass outside the top k."
+    )
+
+
+class BudgetConfig(_Section):
+    """How much general ability the user will trade for domain gain."""
+
+    general_kl: float | None = Field(
+        None, ge=0, description="Max mean KL(base || tuned) in nats/token on general prompts (None: no limit)."
+    )

