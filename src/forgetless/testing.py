@@ -1,0 +1,68 @@
+"""Tiny randomly initialised models and a word-level tokenizer, built in code, for fast tests.
+
+A 2-layer Llama with a 32-wide hidden state trains a step in milliseconds, and a word-level
+tokenizer makes hand-worked expected token ids and labels possible in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+WORDS = (
+    "system user assistant you are a helpful the of is what which and to in it for on with as "
+    "capital france paris one two three four five six seven eight nine ten plus minus equals "
+    "drug zorvanex treats marrowick syndrome dose mg side effect blue vision made by acme "
+    "question answer yes no hello world def return print python code cat dog red green"
+).split()
+
+# A ChatML-style template, like SmolLM2's: masking tests hand-work labels against it.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` with a ChatML-like chat template."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token=None
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_model(vocab_size: int | None = None, *, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
+    """A 2-layer Llama with tied embeddings (like SmolLM2), randomly initialised with ``seed``."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size or len(SPECIALS) + len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=3,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def save_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny model + tokenizer folder that ``forgetless.models.load_model`` accepts as a local path."""
+    folder = Path(folder)
+    tok = tiny_tokenizer()
+    model = tiny_model(len(tok), seed=seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
