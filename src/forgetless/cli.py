@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import ForgetlessError
 
@@ -68,16 +69,33 @@ def demo(
 
 # --- stage commands (each stage owns its own cli module) ---------------------------------------
 # STAGE-COMMANDS-BEGIN
+from .registry.cli import register as _reg_registry; _reg_registry(app)  # noqa: E402,E702 (issue 7)
+from .curate.cli import register as _reg_curate; _reg_curate(app)  # noqa: E402,E702 (issue 3)
+from .tokens.cli import register as _reg_tokens; _reg_tokens(app)  # noqa: E402
+from .deploy.cli import register as _reg_deploy; _reg_deploy(app)  # noqa: E402,E702 (issue 7)
 # STAGE-COMMANDS-END
 
 
-def main() -> None:
+def quiet_libraries() -> None:
+    """Silence library progress bars and deprecation chatter: forgetless shows its own Rich progress."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one message and exit 2; bugs keep their traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     try:
-        app()
+        app(args=argv)
     except ForgetlessError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
 
 

@@ -82,6 +82,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError([f"override '{item}': value is not valid YAML ({e})"]) from None
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; on a command line everyone means the number.
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+        except ValueError:
+            pass
     return key.split("."), value
 
 

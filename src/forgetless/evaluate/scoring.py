@@ -128,3 +128,107 @@ def generate_greedy(
                 new = new[: new.index(tok.eos_token_id) + 1]
             out[i] = new
     return out
+
+
+# --- added for the general suites (issue 4) ------------------------------------------------------
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every sequence."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        t = first[j]
+        if any(s[j] != t for s in seqs):
+            return j
+    return n
+
+
+@torch.no_grad()
+def choice_scores(
+    model: PreTrainedModel,
+    items: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+    *,
+    batch_size: int = 16,
+    pad_id: int = 0,
+) -> list[list[tuple[float, int]]]:
+    """For each ``(prompt_ids, [choice_ids, ...])`` the ``(sum log-prob, token count)`` of every choice.
+
+    Same numbers as :func:`continuation_scores` on every (prompt, choice) pair, with far less work:
+
+    * the prefix all prompts of a batch share (the chat template's system turn: 24 of SmolLM2's
+      ~37 prompt tokens) is run once and its KV cache copied to every row;
+    * each prompt is run once and its cache copied to one row per choice, so only the choice
+      tokens are fed after it;
+    * only the logits that are needed are computed (``logits_to_keep``): the LM head over a
+      49k vocabulary is ~20% of a small model's work per position.
+    """
+    dev = _device(model)
+    out: list[list[tuple[float, int]]] = [[] for _ in items]
+    for idx in _length_sorted_batches([len(p) for p, _ in items], batch_size):
+        prompts = [list(items[i][0]) for i in idx]
+        if any(not p for p in prompts):
+            raise ValueError("empty prompt")
+        # Keep at least one token per row after the shared prefix: its logits predict the choices.
+        shared = min(_common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
+        cache = None
+        if shared > 0:
+            res = model(input_ids=torch.tensor([prompts[0][:shared]], device=dev), use_cache=True, logits_to_keep=1)
+            cache = _cache_of(res)
+            cache.reorder_cache(torch.zeros(len(idx), dtype=torch.long, device=dev))
+        width = max(len(p) - shared for p in prompts)
+        # Left padding of the part after the shared prefix: every prompt ends in the same column,
+        # so its last logits sit in column -1 and all choices start at the same cache position.
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, p in enumerate(prompts):
+            n = len(p) - shared
+            ids[row, width - n :] = torch.tensor(p[shared:])
+            mask[row, shared + width - n :] = 1
+        # Explicit positions: with padding in between, real tokens must still count 0, 1, 2, ...
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        res = model(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=pos[:, shared:].to(dev),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first_lp = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # predicts each choice's first token
+        cache = _cache_of(res)
+
+        rows = [(r, i, k) for r, i in enumerate(idx) for k in range(len(items[i][1]))]
+        if not rows:
+            continue
+        cwidth = max(len(items[i][1][k]) for _, i, k in rows)
+        cids = torch.full((len(rows), cwidth), pad_id, dtype=torch.long)
+        cmask = torch.zeros((len(rows), cwidth), dtype=torch.long)
+        for j, (_, i, k) in enumerate(rows):
+            c = list(items[i][1][k])
+            if not c:
+                raise ValueError(f"item {i}: choice {k} is empty")
+            cids[j, : len(c)] = torch.tensor(c)
+            cmask[j, : len(c)] = 1
+        src = torch.tensor([r for r, _, _ in rows])
+        cache.reorder_cache(src.to(dev))  # one copy of the prompt's cache per choice row
+        full_mask = torch.cat([mask[src], cmask], dim=1)
+        cpos = pos[src, -1:] + 1 + torch.arange(cwidth)[None, :]
+        logits = model(
+            input_ids=cids.to(dev), attention_mask=full_mask.to(dev), position_ids=cpos.to(dev), cache=cache, use_cache=True
+        ).logits
+        for j, (r, i, k) in enumerate(rows):
+            c = list(items[i][1][k])
+            total = float(first_lp[r, c[0]])
+            if len(c) > 1:
+                # Column t of the choice logits predicts choice token t+1.
+                lp = F.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
+                total += float(lp.gather(1, torch.tensor(c[1:], device=lp.device)[:, None]).sum())
+            out[i].append((total, len(c)))
+    return out
+
+
+def _cache_of(res: object) -> object:
+    # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated).
+    return res["cache"] if "cache" in res else res.past_key_values  # type: ignore[index,attr-defined]

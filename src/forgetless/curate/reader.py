@@ -1,0 +1,98 @@
+"""Read curate inputs one record at a time, turning bad input into rejects instead of crashes.
+
+Unlike the training loader (which stops at the first bad line), curation must account for every
+line: a line that is not UTF-8, not JSON or not a valid record becomes a reject with the reason
+and a message naming file, line and field, and its raw bytes are kept so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data import TEXT_SUFFIXES, record_to_example
+from ..errors import InputError
+
+
+@dataclass
+class RawRecord:
+    """One input record, valid (``rec``) or not (``reason`` + ``error`` + ``raw``)."""
+
+    file_index: int
+    line: int
+    nbytes: int
+    rec: dict[str, Any] | None = None
+    reason: str | None = None  # "unreadable" or "invalid_record" when rec is None
+    error: str | None = None
+    raw: bytes | None = None
+
+    def raw_field(self) -> dict[str, str]:
+        """The raw bytes for a rejects file: as text when UTF-8, else base64 (lossless either way)."""
+        if self.raw is None:
+            return {}
+        try:
+            return {"raw": self.raw.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"raw_base64": base64.b64encode(self.raw).decode("ascii")}
+
+
+def _parse_line(file: Path, fi: int, lineno: int, raw: bytes) -> RawRecord:
+    n = len(raw)
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        err = InputError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", file=file, line=lineno)
+        return RawRecord(fi, lineno, n, reason="unreadable", error=str(err), raw=raw)
+    try:
+        obj = json.loads(line)
+    except (json.JSONDecodeError, RecursionError) as e:
+        msg = f"not valid JSON: {e.msg} (column {e.colno})" if isinstance(e, json.JSONDecodeError) else "not valid JSON: nested too deeply"
+        return RawRecord(fi, lineno, n, reason="unreadable", error=str(InputError(msg, file=file, line=lineno)), raw=raw)
+    if not isinstance(obj, dict):
+        err = InputError(f"expected a JSON object, got {type(obj).__name__}", file=file, line=lineno)
+        return RawRecord(fi, lineno, n, reason="invalid_record", error=str(err), raw=raw)
+    try:
+        record_to_example(obj, file=file, line=lineno)
+    except InputError as e:
+        return RawRecord(fi, lineno, n, reason="invalid_record", error=str(e), raw=raw)
+    return RawRecord(fi, lineno, n, rec=obj)
+
+
+def iter_file(file: Path, fi: int, stats: dict[str, Any] | None = None) -> Iterator[RawRecord]:
+    """Records of one file in order. ``.txt``/``.md`` files are one ``text`` record each; anything
+    else is read as JSONL, line by line (a blank line is not a record)."""
+    stats = stats if stats is not None else {}
+    if file.suffix in TEXT_SUFFIXES:
+        raw = file.read_bytes()
+        if not raw.strip():
+            stats.setdefault("empty_files", []).append(str(file))
+            return
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            err = InputError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", file=file, line=line)
+            yield RawRecord(fi, line, len(raw), reason="unreadable", error=str(err), raw=raw)
+            return
+        yield RawRecord(fi, 1, len(raw), rec={"text": text})
+        return
+    n = 0
+    with open(file, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                stats["blank_lines"] = stats.get("blank_lines", 0) + 1
+                continue
+            n += 1
+            yield _parse_line(file, fi, lineno, raw.rstrip(b"\r\n"))
+    if n == 0:
+        stats.setdefault("empty_files", []).append(str(file))
+
+
+def iter_records(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator[RawRecord]:
+    """Records of every file, in order; the n-th record yielded has record id n."""
+    for fi, f in enumerate(files):
+        yield from iter_file(f, fi, stats)

@@ -1,0 +1,193 @@
+"""Resolve a deploy target and load it as one of the servable variants.
+
+Variants of one run:
+
+* ``base``    the base model alone (the fallback that is always there);
+* ``adapter`` base + PEFT adapter, unmerged (what training produced; one extra matmul per layer);
+* ``merged``  the adapter folded into the weights (``merge_and_unload``): same outputs, base speed;
+* ``int8``    ``merged`` with every ``nn.Linear`` dynamically quantized to int8 for CPU serving;
+* ``nf4``     4-bit NF4 base via bitsandbytes + adapter (QLoRA-style), CUDA only.
+
+The int8 variant is rebuilt from the merged fp32 weights at load time (about a second for a 135M
+model) rather than stored: torch's quantized modules hold packed C++ parameters that safetensors
+cannot hold, and forgetless never writes pickles. What is stored is the quality-gate verdict
+(``deploy/int8/quant_info.json``), keyed by the adapter's content hash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .. import artifacts
+from ..errors import ForgetlessError
+from ..io import read_text_file
+
+VARIANTS = ("base", "adapter", "merged", "int8", "nf4")
+INT8_BACKENDS = ("torch", "torchao")
+
+
+@dataclass
+class Target:
+    """What to deploy: a base model and, for a run, its adapter."""
+
+    base_model: str
+    run_dir: Path | None = None
+    dtype: str = "float32"
+
+    @property
+    def adapter_dir(self) -> Path | None:
+        """The run's final adapter folder (None for a bare model)."""
+        return self.run_dir / artifacts.ADAPTER_DIR if self.run_dir is not None else None
+
+    @property
+    def label(self) -> str:
+        """Short human name for tables."""
+        return str(self.run_dir) if self.run_dir is not None else self.base_model
+
+    def variants(self) -> tuple[str, ...]:
+        """The variants this target has (a bare model has no adapter, so only base and int8 of it)."""
+        return VARIANTS if self.run_dir is not None else ("base", "int8")
+
+
+def resolve_target(target: str, *, db_path: Path | None = None) -> Target:
+    """``registry:ALIAS``, a run folder (has ``config.resolved.yaml``), or a model name / folder."""
+    if target.startswith("registry:"):
+        from ..registry import resolve_alias
+
+        return resolve_target(str(resolve_alias(target.split(":", 1)[1], db_path)))
+    p = Path(target)
+    cfg_path = p / artifacts.RESOLVED_CONFIG
+    if cfg_path.exists():
+        cfg = yaml.safe_load(read_text_file(cfg_path)) or {}
+        model = cfg.get("model") or {}
+        if not isinstance(model.get("name"), str):
+            raise ForgetlessError(f"{cfg_path}: missing model.name")
+        if not (p / artifacts.ADAPTER_DIR / "adapter_config.json").exists():
+            raise ForgetlessError(f"{p} is a run folder without a final adapter ({artifacts.ADAPTER_DIR}/adapter_config.json)")
+        return Target(base_model=model["name"], run_dir=p.resolve(), dtype=model.get("dtype") or "float32")
+    return Target(base_model=target)
+
+
+def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
+    """The run's tokenizer: the adapter folder's own (extended vocabulary) if it has one, else the base's."""
+    from ..models import load_tokenizer
+
+    a = t.adapter_dir
+    if a is not None and (a / "tokenizer_config.json").exists():
+        return load_tokenizer(str(a))
+    return load_tokenizer(t.base_model)
+
+
+def quantize_int8(model: PreTrainedModel, backend: str = "torch") -> PreTrainedModel:
+    """Quantize every ``nn.Linear`` of an fp32 model to int8 weights with dynamic int8 activations.
+
+    ``torch``: ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn kernels, no extra package).
+    ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via ``torchao.quantization.quantize_``.
+    Both quantize the (tied) LM head too: at a 49k vocabulary it is the largest matmul of a decode step.
+    """
+    if backend == "torch":
+        with warnings.catch_warnings():
+            # torch marks eager-mode quantization deprecated in favour of torchao; it still ships
+            # and is the one int8 path that needs no extra package.
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if backend == "torchao":
+        if importlib.util.find_spec("torchao") is None:
+            raise ForgetlessError("the torchao int8 backend needs the torchao package: pip install torchao")
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        return model
+    raise ForgetlessError(f"unknown int8 backend '{backend}' (choose from {', '.join(INT8_BACKENDS)})")
+
+
+def nf4_available() -> str | None:
+    """None when 4-bit loading can run here, else the reason it cannot."""
+    if not torch.cuda.is_available():
+        return "4-bit NF4 (bitsandbytes) needs a CUDA GPU; none is present"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "4-bit NF4 needs the bitsandbytes package: pip install bitsandbytes"
+    return None
+
+
+def load_base_4bit(name: str, *, trust_remote_code: bool = False, revision: str | None = None) -> PreTrainedModel:
+    """Load a base model in 4-bit NF4 (double quantization, bf16 compute) for QLoRA training or serving.
+
+    Raises :class:`ForgetlessError` on a machine without CUDA or bitsandbytes; bitsandbytes is
+    imported only here, so forgetless stays importable without it.
+    """
+    if (why := nf4_available()) is not None:
+        raise ForgetlessError(why)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from ..models import resolve_model
+
+    qcfg = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(name),
+        quantization_config=qcfg,
+        dtype=torch.bfloat16,
+        device_map={"": 0},
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+        use_safetensors=True,
+    )
+    model.eval()
+    return model
+
+
+def _attach_adapter(base: PreTrainedModel, t: Target, tok: PreTrainedTokenizerBase) -> PreTrainedModel:
+    from peft import PeftModel
+
+    # A tokens-stage run adds vocabulary: grow the embeddings first so the adapter's saved rows fit.
+    if len(tok) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tok))
+    model = PeftModel.from_pretrained(base, str(t.adapter_dir))
+    model.eval()
+    return model
+
+
+def load_variant(
+    t: Target,
+    variant: str,
+    *,
+    device: str = "cpu",
+    int8_backend: str = "torch",
+    tok: PreTrainedTokenizerBase | None = None,
+) -> PreTrainedModel:
+    """Load ``variant`` of target ``t`` in eval mode on ``device`` (``int8`` is CPU only, ``nf4`` CUDA only)."""
+    from ..models import load_model
+
+    if variant not in t.variants():
+        raise ForgetlessError(f"target {t.label} has no '{variant}' variant (it has: {', '.join(t.variants())})")
+    tok = tok if tok is not None else load_target_tokenizer(t)
+    if variant == "nf4":
+        base = load_base_4bit(t.base_model)
+        return _attach_adapter(base, t, tok)
+    if variant == "int8" and device != "cpu":
+        raise ForgetlessError("the int8 variant uses CPU kernels; bench it with --device cpu")
+    # int8 always starts from fp32 weights: quantizing bf16 would stack two roundings.
+    dtype = "float32" if variant == "int8" else t.dtype
+    model = load_model(t.base_model, dtype=dtype)
+    if variant != "base" and t.run_dir is not None:
+        model = _attach_adapter(model, t, tok)
+        if variant in ("merged", "int8"):
+            model = model.merge_and_unload()
+    if variant == "int8":
+        model = quantize_int8(model, int8_backend)
+    if device != "cpu":
+        model.to(device)
+    model.eval()
+    return model

@@ -1,0 +1,347 @@
+"""The inference engine: one worker thread, one copy of the weights, micro-batched generation.
+
+Requests queue up; the worker takes whatever arrived within a few milliseconds (up to
+``max_batch``) and runs them as one batch. Adapter and base rows share that batch: PEFT's
+``adapter_names`` applies the LoRA delta row by row (``"__base__"`` skips it), so switching between
+adapter and base per request copies nothing and needs no lock: only the worker touches the model.
+
+Why a hand-written decode loop instead of ``model.generate``: each row needs its own sampling
+settings, stop strings, streaming callback and a NaN check on its logits at every step (the
+adapter-failure fallback), and finished rows leave the batch early (``batch_select_indices``).
+
+Fallback: when an adapter row produces NaN/inf logits, or the batched forward raises, the
+affected requests continue on the base model from the tokens they already have, are counted in
+``forgetless_fallbacks_total`` and report the route ``fallback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from .metrics import ServeMetrics
+from .prompts import EncodedPrompt
+from .router import Router
+
+log = logging.getLogger("forgetless.serve")
+
+BASE = "__base__"  # PEFT's per-row name for "no adapter"
+_STOP = object()  # queue sentinel: finish what is queued before it, then stop
+
+
+class QueueFull(Exception):
+    """The engine's queue is at capacity (the server answers 429)."""
+
+
+@dataclass
+class GenParams:
+    """Sampling settings of one request."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Event:
+    """What the worker tells a request: ``start`` (route known, first token coming), ``delta``, ``done`` or ``error``."""
+
+    kind: str
+    text: str = ""
+    route: str = ""
+    score: float | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Job:
+    """One request inside the engine. ``want`` is ``auto``, ``adapter`` or ``base``."""
+
+    prompt: EncodedPrompt
+    want: str
+    params: GenParams
+    deliver: Callable[[Event], None]  # must be thread-safe: called from the worker thread
+    created: float = field(default_factory=time.perf_counter)
+    route: str = ""
+    score: float | None = None
+    generated: list[int] = field(default_factory=list)
+    emitted: str = ""
+    started: bool = False
+    finished: bool = False
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+
+    def cancel(self) -> None:
+        """The client went away: the worker drops this row at its next step."""
+        self.cancelled = True
+
+
+class Engine:
+    """Owns the model (a PeftModel holding one adapter) and the worker thread that runs it."""
+
+    def __init__(
+        self,
+        model: Any,
+        tok: PreTrainedTokenizerBase,
+        *,
+        adapter_name: str,
+        router: Router | None,
+        metrics: ServeMetrics,
+        max_batch: int = 32,
+        batch_window_s: float = 0.005,
+        max_queue: int = 256,
+    ) -> None:
+        self.model, self.tok = model, tok
+        self.adapter_name = adapter_name
+        self.router = router
+        self.metrics = metrics
+        self.max_batch, self.batch_window_s = max_batch, batch_window_s
+        self.eos_ids = {i for i in [tok.eos_token_id, getattr(model.config, "eos_token_id", None)] if isinstance(i, int)}
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_ids), 0)
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._loop, name="forgetless-engine", daemon=True)
+        if router is not None:
+            metrics.router_threshold.set(router.threshold)
+
+    # --- public API (any thread) ----------------------------------------------------------------
+    def start(self) -> Engine:
+        """Start the worker thread."""
+        self._thread.start()
+        return self
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises :class:`QueueFull` when the queue is at capacity."""
+        try:
+            self._q.put_nowait(job)
+        except queue.Full:
+            raise QueueFull() from None
+        self.metrics.queue_depth.set(self._q.qsize())
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the worker thread between batches (model changes go through here)."""
+        fut: Future = Future()
+        self._q.put(fut_item(fn, fut))
+        return fut
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the queued jobs, then stop the worker."""
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+
+    # --- worker ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            item = self._q.get()
+            if item is _STOP:
+                return
+            if isinstance(item, _Call):
+                item.run()
+                continue
+            batch, pending = [item], None
+            deadline = time.perf_counter() + self.batch_window_s
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if nxt is _STOP or isinstance(nxt, _Call):
+                    pending = nxt  # handled after this batch, keeping queue order
+                    break
+                batch.append(nxt)
+            self.metrics.queue_depth.set(self._q.qsize())
+            self._process([j for j in batch if not j.cancelled])
+            if pending is _STOP:
+                return
+            if pending is not None:
+                pending.run()
+
+    def _process(self, batch: list[Job]) -> None:
+        if not batch:
+            return
+        self.metrics.batch_size.observe(len(batch))
+        self._route(batch)
+        try:
+            retry = self._generate(batch)
+        except Exception as e:  # noqa: BLE001 - any failure of the adapter path falls back to the base
+            log.exception("batch of %d failed", len(batch))
+            retry = [(j, "exception") for j in batch if not j.finished and j.route == "adapter"]
+            for j in batch:
+                if not j.finished and j.route != "adapter":
+                    self._fail(j, f"generation failed: {type(e).__name__}")
+        if retry:
+            for j, reason in retry:
+                j.route = "fallback"
+                self.metrics.fallbacks.labels(reason).inc()
+                log.warning("fallback to base (%s) after %d tokens", reason, len(j.generated))
+            jobs = [j for j, _ in retry]
+            try:
+                self._generate(jobs)
+            except Exception as e:  # noqa: BLE001 - the base failed too: the request fails
+                log.exception("fallback batch failed")
+                for j in jobs:
+                    if not j.finished:
+                        self._fail(j, f"generation failed: {type(e).__name__}")
+
+    def _route(self, batch: list[Job]) -> None:
+        auto = [j for j in batch if j.want == "auto"]
+        for j in batch:
+            if j.want != "auto":
+                j.route = j.want
+        if not auto:
+            return
+        if self.router is None:
+            for j in auto:
+                j.route = "adapter"
+            return
+        try:
+            scores = self.router.score(self.model, [j.prompt for j in auto], adapter=self.adapter_name, pad_id=self.pad_id)
+        except Exception:  # noqa: BLE001 - a broken router must not take requests down: use the base
+            log.exception("router failed; sending %d requests to the base", len(auto))
+            self.metrics.fallbacks.labels("router_error").inc(len(auto))
+            for j in auto:
+                j.route = "fallback"
+            return
+        for j, s in zip(auto, scores):
+            j.score = float(s)
+            j.route = "base" if s > self.router.threshold else "adapter"
+            self.metrics.router_margin.observe(self.router.margin(j.score))
+
+    def _names(self, jobs: list[Job]) -> list[str]:
+        return [self.adapter_name if j.route == "adapter" else BASE for j in jobs]
+
+    def _generate(self, jobs: list[Job]) -> list[tuple[Job, str]]:
+        """Decode ``jobs`` together; returns adapter rows whose logits went NaN (for a base retry)."""
+        seqs = [j.prompt.ids + j.generated for j in jobs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):  # left padding: every row's next token lands in the same column
+            ids[r, width - len(s) :] = torch.tensor(s)
+            mask[r, width - len(s) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = list(jobs)
+        names = self._names(rows)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True, adapter_names=names, logits_to_keep=1)  # fmt: skip
+        retry: list[tuple[Job, str]] = []
+        while True:
+            logits = out.logits[:, -1].float()
+            bad = ~torch.isfinite(logits).all(-1)
+            keep: list[int] = []
+            next_tokens: list[int] = []
+            for r, job in enumerate(rows):
+                if bad[r]:
+                    if names[r] != BASE:
+                        retry.append((job, "nan"))
+                    else:
+                        self._fail(job, "the base model produced non-finite logits")
+                    continue
+                if job.cancelled:
+                    job.finished = True
+                    continue
+                tok_id = self._sample(logits[r], job)
+                if self._push(job, tok_id):
+                    keep.append(r)
+                    next_tokens.append(tok_id)
+            if not keep:
+                return retry
+            if len(keep) < len(rows):
+                sel = torch.tensor(keep)
+                cache.batch_select_indices(sel)
+                mask, pos = mask[sel], pos[sel]
+                rows = [rows[r] for r in keep]
+                names = [names[r] for r in keep]
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = self.model(input_ids=torch.tensor(next_tokens)[:, None], attention_mask=mask, position_ids=pos,
+                             past_key_values=cache, use_cache=True, adapter_names=names)  # fmt: skip
+
+    def _sample(self, logits: torch.Tensor, job: Job) -> int:
+        p = job.params
+        if p.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sp, si = probs.sort(descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
+            cut = sp.cumsum(-1) - sp > p.top_p
+            sp[cut] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, si, sp)
+        if job.generator is None:
+            job.generator = torch.Generator()
+            job.generator.manual_seed(p.seed if p.seed is not None else int(torch.randint(0, 2**31, (1,))))
+        return int(torch.multinomial(probs, 1, generator=job.generator))
+
+    def _push(self, job: Job, tok_id: int) -> bool:
+        """Add a token to a job and stream the new text; returns whether the job goes on."""
+        p = job.params
+        finish = None
+        if tok_id in self.eos_ids:
+            finish = "stop"
+        else:
+            job.generated.append(tok_id)
+        text = self.tok.decode(job.generated, skip_special_tokens=True)
+        for s in p.stop:
+            at = text.find(s)
+            if at >= 0:
+                text, finish = text[:at], "stop"
+        if finish is None and len(job.generated) >= p.max_tokens:
+            finish = "length"
+        if finish is None:
+            # Hold back an incomplete UTF-8 character and anything that could be the start of a stop string.
+            safe = len(text) - max((len(s) - 1 for s in p.stop), default=0)
+            while safe > len(job.emitted) and text[safe - 1] == "\ufffd":
+                safe -= 1
+            text = text[: max(safe, len(job.emitted))]
+        if not job.started:
+            job.started = True
+            self.metrics.ttft.labels(job.route).observe(time.perf_counter() - job.created)
+            job.deliver(Event("start", route=job.route, score=job.score, prompt_tokens=len(job.prompt)))
+        if len(text) > len(job.emitted):
+            job.deliver(Event("delta", text=text[len(job.emitted) :], route=job.route))
+            job.emitted = text
+        if finish is not None:
+            job.finished = True
+            job.deliver(Event("done", route=job.route, score=job.score, finish_reason=finish,
+                              prompt_tokens=len(job.prompt), completion_tokens=len(job.generated)))  # fmt: skip
+            return False
+        return True
+
+    def _fail(self, job: Job, message: str) -> None:
+        job.finished = True
+        job.deliver(Event("error", route=job.route, error=message))
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    fut: Future
+
+    def run(self) -> None:
+        if not self.fut.set_running_or_notify_cancel():
+            return
+        try:
+            self.fut.set_result(self.fn())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            self.fut.set_exception(e)
+
+
+def fut_item(fn: Callable[[], Any], fut: Future) -> _Call:
+    """Wrap a callable for the worker queue."""
+    return _Call(fn, fut)

@@ -1,0 +1,334 @@
+"""Out-of-domain router: decide per request whether the adapter or the base model answers.
+
+Calibrated at the end of training (:func:`calibrate_router`) on the run's domain texts against
+general prompts, on the BASE model (adapter disabled), and stored in the run folder:
+
+* ``mahalanobis`` (default): a Gaussian fitted to the base model's hidden states, mean-pooled over
+  the user's own tokens, of the domain texts. Score = Mahalanobis distance to that Gaussian. The
+  covariance is Ledoit-Wolf shrunk: with ~100 domain texts against a 576-wide hidden state the
+  sample covariance is singular, and shrinkage towards a scaled identity keeps it invertible.
+* ``likelihood_ratio``: how much more likely the adapter finds the user's tokens than the base
+  does (per token). The adapter was trained on the domain, so domain text gains likelihood and
+  general text does not. Needs the adapter (two forward passes per request instead of one).
+
+For both, a higher score means "more out of domain"; a request whose score is above the threshold
+goes to the base. The threshold is the ``1 - target_domain_to_base`` quantile of the domain
+texts' scores, so about ``target_domain_to_base`` of domain queries are sent to the base. For
+Mahalanobis those domain scores are out-of-fold (5-fold): a text's distance to a Gaussian fitted
+on itself is optimistic, and a threshold set on it would send far more real domain queries away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import KFold
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .. import artifacts
+from ..errors import ForgetlessError, InputError
+from ..io import atomic_write_bytes, atomic_write_json, read_text_file
+from .prompts import EncodedPrompt, encode_user_texts
+
+METHODS = ("mahalanobis", "likelihood_ratio")
+ROUTER_FORMAT = 1
+DEFAULT_LAYER = -1  # which hidden state to pool; see docs/serving.md for the per-layer AUROC we measured
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def base_context(model: Any):
+    """Context in which ``model`` runs as its base: the adapter disabled for a PeftModel (no copy)."""
+    return model.disable_adapter() if _is_peft(model) else nullcontext()
+
+
+def _batches(prompts: Sequence[EncodedPrompt], batch_size: int):
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for s in range(0, len(order), batch_size):
+        yield order[s : s + batch_size]
+
+
+def _pad(prompts: Sequence[EncodedPrompt], idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Right padding: positions (and so hidden states) of real tokens are the same as unpadded.
+    width = max(len(prompts[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(prompts[i])
+        ids[row, :n] = torch.tensor(prompts[i].ids)
+        mask[row, :n] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def pooled_hidden_states(
+    model: PreTrainedModel,
+    prompts: Sequence[EncodedPrompt],
+    *,
+    layer: int = DEFAULT_LAYER,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    adapter_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Mean over each prompt's user positions of hidden state ``layer``, shape ``[n, hidden]`` (float64).
+
+    Runs on whatever ``model`` is: callers wrap it in :func:`base_context` (calibration) or pass
+    ``adapter_names=["__base__"] * n`` (serving, mixed batches).
+    """
+    dev = next(model.parameters()).device
+    out: np.ndarray | None = None
+    for idx in _batches(prompts, batch_size):
+        ids, mask = _pad(prompts, idx, pad_id)
+        kwargs: dict[str, Any] = {}
+        if adapter_names is not None:
+            kwargs["adapter_names"] = [adapter_names[i] for i in idx]
+        res = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True, **kwargs)
+        hs = res.hidden_states[layer].float()
+        for row, i in enumerate(idx):
+            vec = hs[row, prompts[i].user_positions].mean(0).double().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(prompts), vec.shape[0]))
+            out[i] = vec
+    return out if out is not None else np.zeros((0, 0))
+
+
+@torch.no_grad()
+def user_token_logprob(
+    model: PreTrainedModel,
+    prompts: Sequence[EncodedPrompt],
+    *,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    adapter_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Mean log-probability per user token (each predicted from the tokens before it), shape ``[n]``."""
+    dev = next(model.parameters()).device
+    out = np.zeros(len(prompts))
+    for idx in _batches(prompts, batch_size):
+        ids, mask = _pad(prompts, idx, pad_id)
+        kwargs: dict[str, Any] = {}
+        if adapter_names is not None:
+            kwargs["adapter_names"] = [adapter_names[i] for i in idx]
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kwargs).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(idx):
+            # Token at position t is predicted by the logits at t-1: position 0 has no prediction.
+            pos = [p for p in prompts[i].user_positions if p > 0]
+            if not pos:
+                continue
+            tgt = torch.tensor([prompts[i].ids[p] for p in pos], device=logp.device)
+            prev = torch.tensor([p - 1 for p in pos], device=logp.device)
+            out[i] = float(logp[row, prev, tgt].mean())
+    return out
+
+
+@dataclass
+class Router:
+    """A calibrated router: its statistics, threshold and how to score prompts."""
+
+    method: str
+    threshold: float
+    layer: int = DEFAULT_LAYER
+    mean: np.ndarray | None = None
+    precision: np.ndarray | None = None
+    covariance: np.ndarray | None = None
+    score_scale: float = 1.0  # std of domain scores: margins in the metrics are in these units
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def mahalanobis(self, feats: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each row of ``feats`` to the domain Gaussian."""
+        assert self.mean is not None and self.precision is not None
+        d = feats - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+    def score(
+        self,
+        model: PreTrainedModel,
+        prompts: Sequence[EncodedPrompt],
+        *,
+        adapter: str | None = None,
+        pad_id: int = 0,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Out-of-domain score of each prompt (higher = further from the domain).
+
+        ``adapter`` names the PEFT adapter for mixed-batch calls (``adapter_names``); without it
+        the model is switched with :func:`base_context`, which suits calibration and tests.
+        """
+        n = len(prompts)
+        if self.method == "mahalanobis":
+            if adapter is not None:
+                feats = pooled_hidden_states(
+                    model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size, adapter_names=["__base__"] * n
+                )
+            else:
+                with base_context(model):
+                    feats = pooled_hidden_states(model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size)
+            return self.mahalanobis(feats)
+        if adapter is not None:
+            lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size, adapter_names=["__base__"] * n)
+            lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size, adapter_names=[adapter] * n)
+        else:
+            with base_context(model):
+                lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
+            lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
+        return -(lp_ad - lp_base)
+
+    def margin(self, score: float) -> float:
+        """How far past the threshold a score is, in standard deviations of the domain scores."""
+        return (score - self.threshold) / self.score_scale if self.score_scale > 0 else score - self.threshold
+
+    def save(self, out_dir: Path) -> None:
+        """Write ``router.safetensors`` (statistics) and ``router.json`` (threshold, AUROC, settings)."""
+        tensors = {"threshold": np.array([self.threshold], dtype=np.float64)}
+        if self.mean is not None:
+            tensors.update(mean=self.mean, precision=self.precision, covariance=self.covariance)
+        atomic_write_bytes(out_dir / artifacts.ROUTER, _safetensors_bytes(tensors))
+        info = dict(self.info, format=ROUTER_FORMAT, method=self.method, layer=self.layer,
+                    threshold=self.threshold, score_scale=self.score_scale)  # fmt: skip
+        atomic_write_json(out_dir / artifacts.ROUTER_INFO, info)
+
+
+def _safetensors_bytes(tensors: dict[str, np.ndarray]) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.safetensors"
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(p))
+        return p.read_bytes()
+
+
+def load_router(run_dir: Path) -> Router | None:
+    """The router stored in ``run_dir``, or None when the run has none (then nothing is routed)."""
+    info_path = run_dir / artifacts.ROUTER_INFO
+    if not info_path.exists():
+        return None
+    import json
+
+    try:
+        info = json.loads(read_text_file(info_path))
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e.msg}", file=info_path, line=e.lineno) from None
+    for key in ("method", "threshold", "layer"):
+        if key not in info:
+            raise InputError("is missing", file=info_path, field=key)
+    if info["method"] not in METHODS:
+        raise InputError(f"must be one of {', '.join(METHODS)}", file=info_path, field="method")
+    r = Router(method=info["method"], threshold=float(info["threshold"]), layer=int(info["layer"]),
+               score_scale=float(info.get("score_scale", 1.0)), info=info)  # fmt: skip
+    if r.method == "mahalanobis":
+        st = run_dir / artifacts.ROUTER
+        if not st.exists():
+            raise ForgetlessError(f"{info_path} says method 'mahalanobis' but {st} is missing")
+        t = load_file(str(st))
+        r.mean, r.precision, r.covariance = t["mean"], t["precision"], t["covariance"]
+    return r
+
+
+def auroc(in_domain: Sequence[float], out_of_domain: Sequence[float]) -> float:
+    """AUROC of telling out-of-domain from in-domain by score (1.0 = every OOD score is higher)."""
+    y = np.r_[np.zeros(len(in_domain)), np.ones(len(out_of_domain))]
+    return float(roc_auc_score(y, np.r_[in_domain, out_of_domain]))
+
+
+def fit_gaussian(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Mean, Ledoit-Wolf shrunk covariance, its inverse and the shrinkage used."""
+    lw = LedoitWolf().fit(feats)
+    return lw.location_, lw.covariance_, lw.precision_, float(lw.shrinkage_)
+
+
+def _oof_mahalanobis(feats: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Each domain text's distance to a Gaussian fitted without it (k-fold)."""
+    scores = np.zeros(len(feats))
+    k = max(2, min(folds, len(feats) // 2))
+    for fit_idx, held_idx in KFold(n_splits=k, shuffle=True, random_state=seed).split(feats):
+        mean, _, prec, _ = fit_gaussian(feats[fit_idx])
+        d = feats[held_idx] - mean
+        scores[held_idx] = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, prec, d), 0.0))
+    return scores
+
+
+def calibrate_router(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    domain_texts: list[str],
+    general_texts: list[str],
+    out_dir: Path,
+    *,
+    target_domain_to_base: float = 0.05,
+    method: str = "mahalanobis",
+    layer: int = DEFAULT_LAYER,
+    folds: int = 5,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Calibrate the router on the base model and write ``router.safetensors`` + ``router.json`` into ``out_dir``.
+
+    ``domain_texts`` are the run's domain queries/documents, ``general_texts`` general prompts; each
+    is scored as a one-turn user message. Returns what ``router.json`` holds: method, threshold,
+    calibration AUROC (domain vs general), the share of domain and of general texts that would be
+    sent to the base, sizes and timings.
+    """
+    if method not in METHODS:
+        raise ForgetlessError(f"router method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not 0.0 <= target_domain_to_base < 1.0:
+        raise ForgetlessError(f"target_domain_to_base must be in [0, 1), got {target_domain_to_base}")
+    domain_texts = [t for t in domain_texts if t.strip()]
+    general_texts = [t for t in general_texts if t.strip()]
+    if len(domain_texts) < 4 or len(general_texts) < 2:
+        raise ForgetlessError(
+            f"router calibration needs at least 4 domain and 2 general texts, got {len(domain_texts)} and {len(general_texts)}"
+        )
+    if method == "likelihood_ratio" and not _is_peft(model):
+        raise ForgetlessError("the likelihood_ratio router compares adapter and base: pass the PeftModel")
+    t0 = time.perf_counter()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    dom = encode_user_texts(tok, domain_texts)
+    gen = encode_user_texts(tok, general_texts)
+    was_training = model.training
+    model.eval()
+    try:
+        router = Router(method=method, threshold=0.0, layer=layer)
+        if method == "mahalanobis":
+            with base_context(model):
+                f_dom = pooled_hidden_states(model, dom, layer=layer, batch_size=batch_size, pad_id=pad)
+                f_gen = pooled_hidden_states(model, gen, layer=layer, batch_size=batch_size, pad_id=pad)
+            router.mean, router.covariance, router.precision, shrinkage = fit_gaussian(f_dom)
+            dom_scores = _oof_mahalanobis(f_dom, folds, seed)
+            gen_scores = router.mahalanobis(f_gen)
+            extra: dict[str, Any] = {"shrinkage": shrinkage, "hidden_size": int(f_dom.shape[1]), "folds": folds}
+        else:
+            dom_scores = router.score(model, dom, pad_id=pad, batch_size=batch_size)
+            gen_scores = router.score(model, gen, pad_id=pad, batch_size=batch_size)
+            extra = {}
+    finally:
+        model.train(was_training)
+    router.threshold = float(np.quantile(dom_scores, 1.0 - target_domain_to_base))
+    router.score_scale = float(np.std(dom_scores)) or 1.0
+    router.info = {
+        "calibration_auroc": auroc(dom_scores, gen_scores),
+        "target_domain_to_base": target_domain_to_base,
+        "domain_to_base": float(np.mean(dom_scores > router.threshold)),
+        "general_to_base": float(np.mean(gen_scores > router.threshold)),
+        "n_domain": len(domain_texts),
+        "n_general": len(general_texts),
+        "pooling": "mean over user-message tokens (chat template excluded)",
+        "domain_score_quantiles": {q: float(np.quantile(dom_scores, float(q))) for q in ("0.05", "0.5", "0.95")},
+        "general_score_quantiles": {q: float(np.quantile(gen_scores, float(q))) for q in ("0.05", "0.5", "0.95")},
+        **extra,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    router.save(Path(out_dir))
+    return dict(router.info, method=method, layer=layer, threshold=router.threshold, score_scale=router.score_scale)

@@ -1,0 +1,137 @@
+"""Trainer callbacks: when to evaluate and checkpoint, where metrics go, and progress display."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ..io import append_jsonl, atomic_write_text
+
+
+class EvalScheduleCallback(TrainerCallback):
+    """Evaluate both suites and save a checkpoint every ``every`` steps and at the last step.
+
+    Evaluation and checkpointing always happen together, so every checkpoint on disk has both
+    curves' values and can be chosen by the forgetting budget.
+    """
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> TrainerControl:
+        if state.global_step % self.every == 0 or state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class MetricsRecorder:
+    """Appends evaluation metrics to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, metrics_path: Path, tb_dir: Path, *, enabled: bool = True) -> None:
+        self.metrics_path = metrics_path
+        self.tb_dir = tb_dir
+        self.enabled = enabled
+        self._writer = None
+
+    def _tb(self):  # noqa: ANN202 - SummaryWriter is imported lazily (tensorboard is slow to import)
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.tb_dir))
+        return self._writer
+
+    def record_eval(self, metrics: dict[str, Any]) -> None:
+        """Persist one evaluation (a line of metrics.jsonl) and its scalars."""
+        if not self.enabled:
+            return
+        append_jsonl(self.metrics_path, metrics)
+        w = self._tb()
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v)):
+                w.add_scalar(k, v, metrics["step"])
+        w.flush()
+
+    def record_train(self, step: int, logs: dict[str, float]) -> None:
+        """Mirror the Trainer's training logs (loss, lr, grad norm, regularizer terms)."""
+        if not self.enabled:
+            return
+        w = self._tb()
+        for k, v in logs.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                w.add_scalar(f"train/{k}", v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop evaluations newer than ``step`` (a resumed run redoes them)."""
+        if not self.enabled or not self.metrics_path.exists():
+            return
+        lines = [l for l in self.metrics_path.read_text().splitlines() if l.strip()]
+        kept = [l for l in lines if json.loads(l)["step"] <= step]
+        atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
+
+    def read(self) -> list[dict[str, Any]]:
+        """All evaluations recorded so far."""
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(l) for l in self.metrics_path.read_text().splitlines() if l.strip()]
+
+    def close(self) -> None:
+        """Flush and close TensorBoard."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class LogCallback(TrainerCallback):
+    """Forwards the Trainer's logs to the recorder and remembers the latest training loss."""
+
+    def __init__(self, recorder: MetricsRecorder) -> None:
+        self.recorder = recorder
+        self.last: dict[str, float] = {}
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kw: Any) -> None:
+        if logs and state.is_world_process_zero:
+            self.last.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            self.recorder.record_train(state.global_step, logs)
+
+
+class RichProgressCallback(TrainerCallback):
+    """A Rich progress bar over optimizer steps, with the latest loss."""
+
+    def __init__(self, console: Any = None, log_cb: LogCallback | None = None) -> None:
+        self.console = console
+        self.log_cb = log_cb
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.progress is not None:
+            loss = self.log_cb.last.get("loss") if self.log_cb else None
+            info = f"loss {loss:.3f}" if loss is not None else ""
+            self.progress.update(self.task, completed=state.global_step, info=info)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

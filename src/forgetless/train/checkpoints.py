@@ -1,0 +1,53 @@
+"""Checkpoint bookkeeping: which checkpoints are complete, and where to resume.
+
+The HF Trainer writes a checkpoint file by file. A run killed mid-write leaves a folder that looks
+like a checkpoint but is not; we write a ``COMPLETE`` marker (atomically) only after the Trainer
+has finished saving, and never load a checkpoint without it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from ..artifacts import CHECKPOINT_COMPLETE
+from ..io import atomic_write_text
+
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step number of a ``checkpoint-N`` folder, else None."""
+    m = _STEP.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def mark_complete(path: Path) -> None:
+    """Declare a checkpoint fully written."""
+    atomic_write_text(path / CHECKPOINT_COMPLETE, "ok\n")
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first."""
+    if not folder.exists():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / CHECKPOINT_COMPLETE).exists()]
+    return sorted(found, key=lambda p: checkpoint_step(p) or 0)
+
+
+def remove_incomplete(folder: Path) -> list[Path]:
+    """Delete checkpoint folders that lack the marker (half-written by a killed run); return them."""
+    removed = []
+    if folder.exists():
+        for p in folder.iterdir():
+            if p.is_dir() and checkpoint_step(p) is not None and not (p / CHECKPOINT_COMPLETE).exists():
+                shutil.rmtree(p)
+                removed.append(p)
+    return removed
+
+
+def last_complete(folder: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    done = complete_checkpoints(folder)
+    return done[-1] if done else None

@@ -1,0 +1,191 @@
+"""Turn examples into training sequences: chat templates, prompt masking, chunking and packing.
+
+Packing concatenates several examples into one row instead of padding each to the longest. Each
+example keeps its own attention span: ``position_ids`` restart at 0 for every example, and
+transformers builds a block-diagonal causal mask from them, so no token attends across examples.
+The first token of each packed example gets label -100 so no loss crosses a boundary either.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..data import Example
+from ..errors import InputError
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    """One example as token ids with labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    replay: bool = False
+
+
+def _render_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], system_prompt: str | None) -> tuple[str, list[tuple[int, int]]]:
+    """Render a chat with the model's template; return the text and the char spans of assistant turns.
+
+    Each assistant span is found by rendering the conversation up to that turn with the generation
+    prompt (where the answer starts) and up to and including it (where it ends). This works with any
+    template, including ones that inject a default system prompt, without parsing the template.
+    """
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    full = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tok.apply_chat_template(messages[: i + 1], tokenize=False))
+        if full[:end] != tok.apply_chat_template(messages[: i + 1], tokenize=False):
+            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns")
+        spans.append((start, end))
+    return full, spans
+
+
+def tokenize_example(tok: PreTrainedTokenizerBase, ex: Example, *, system_prompt: str | None = None) -> Tokenized:
+    """Tokenize one example. Text: loss on every token (EOS appended). Chat: loss on assistant turns only."""
+    replay = bool(ex.meta.get("replay", False))
+    if not ex.is_chat:
+        ids = tok(ex.text, add_special_tokens=True)["input_ids"]
+        if tok.eos_token_id is not None:
+            ids = ids + [tok.eos_token_id]
+        return Tokenized(ids, list(ids), replay)
+    if not tok.chat_template:
+        raise InputError("chat example but the tokenizer has no chat template", file=ex.source)
+    text, spans = _render_chat(tok, ex.messages or [], system_prompt)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    starts = [s for s, _ in spans]
+    labels = []
+    for tid, (a, b) in zip(ids, offsets):
+        # A token is learned if it starts inside an assistant span (answer text + end-of-turn marker).
+        k = bisect.bisect_right(starts, a) - 1
+        inside = k >= 0 and spans[k][0] <= a < spans[k][1] and b > a
+        labels.append(tid if inside else IGNORE)
+    return Tokenized(ids, labels, replay)
+
+
+def chunk(t: Tokenized, max_length: int) -> list[Tokenized]:
+    """Split an over-long example into consecutive windows of at most ``max_length`` (nothing is dropped)."""
+    if len(t.input_ids) <= max_length:
+        return [t]
+    return [
+        Tokenized(t.input_ids[s : s + max_length], t.labels[s : s + max_length], t.replay)
+        for s in range(0, len(t.input_ids), max_length)
+    ]
+
+
+@dataclass
+class Packed:
+    """One training row: several examples back to back, with restarting position ids."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+    replay: bool
+
+
+def pack(items: list[Tokenized], max_length: int) -> list[Packed]:
+    """First-fit-decreasing packing into rows of at most ``max_length`` tokens.
+
+    Domain and replay examples are packed into separate rows, so a row is either all replay (and
+    gets the KL-to-base loss) or all domain. Deterministic for a given input order.
+    """
+    rows: list[Packed] = []
+    for replay in (False, True):
+        # Examples with no label left (e.g. a chunk that is all prompt) teach nothing: skip them.
+        group = [t for t in items if t.replay == replay and any(l != IGNORE for l in t.labels[1:])]
+        group.sort(key=lambda t: -len(t.input_ids))
+        open_rows: list[Packed] = []
+        for t in group:
+            for row in open_rows:
+                if len(row.input_ids) + len(t.input_ids) <= max_length:
+                    break
+            else:
+                row = Packed([], [], [], replay)
+                open_rows.append(row)
+            row.input_ids += t.input_ids
+            # First token of each example: never predicted from the previous example's last token.
+            row.labels += [IGNORE] + t.labels[1:]
+            row.position_ids += list(range(len(t.input_ids)))
+        rows.extend(open_rows)
+    return rows
+
+
+def unpacked(items: list[Tokenized]) -> list[Packed]:
+    """One example per row (packing off); rows are padded per batch by the collator."""
+    return [Packed(t.input_ids, [IGNORE] + t.labels[1:], list(range(len(t.input_ids))), t.replay) for t in items if any(l != IGNORE for l in t.labels[1:])]
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    """A list of :class:`Packed` rows served as dicts of lists."""
+
+    def __init__(self, rows: list[Packed]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        r = self.rows[i]
+        return {"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids, "replay": r.replay}
+
+    @property
+    def num_tokens(self) -> int:
+        """Total tokens across rows (what one epoch processes)."""
+        return sum(len(r.input_ids) for r in self.rows)
+
+
+@dataclass
+class PackedCollator:
+    """Right-pads rows to the batch's longest row.
+
+    Padding is its own segment (positions restart at 0, labels -100), so it never attends to or
+    is attended by real tokens; no attention_mask is passed, which lets transformers infer the
+    block-diagonal mask from the position ids.
+    """
+
+    pad_id: int
+
+    def __call__(self, batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)  # type: ignore[arg-type]
+        ids, labels, pos = [], [], []
+        for b in batch:
+            n = len(b["input_ids"])  # type: ignore[arg-type]
+            pad = width - n
+            ids.append(list(b["input_ids"]) + [self.pad_id] * pad)  # type: ignore[arg-type]
+            labels.append(list(b["labels"]) + [IGNORE] * pad)  # type: ignore[arg-type]
+            pos.append(list(b["position_ids"]) + list(range(pad)))  # type: ignore[arg-type]
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(pos),
+            "replay": torch.tensor([bool(b["replay"]) for b in batch]),
+        }
+
+
+def build_dataset(
+    tok: PreTrainedTokenizerBase,
+    examples: list[Example],
+    *,
+    max_length: int,
+    packing: bool = True,
+    system_prompt: str | None = None,
+) -> PackedDataset:
+    """Tokenize, chunk and (optionally) pack examples into a training dataset."""
+    items: list[Tokenized] = []
+    for ex in examples:
+        items.extend(chunk(tokenize_example(tok, ex, system_prompt=system_prompt), max_length))
+    rows = pack(items, max_length) if packing else unpacked(items)
+    if not rows:
+        raise InputError("no trainable tokens in the training data (every example is empty or fully masked)")
+    return PackedDataset(rows)

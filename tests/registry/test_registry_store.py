@@ -1,0 +1,199 @@
+"""Registry: lineage recorded, promotion gated on both suites, rollback, name validation, concurrency."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from forgetless import artifacts
+from forgetless.cli import app
+from forgetless.errors import ForgetlessError, InputError
+from forgetless.hashing import sha256_json
+from forgetless.registry import Registry, read_run, resolve_alias, validate_name
+from forgetless.registry.lineage import judge_suites
+from forgetless.registry.sample_run import make_run_folder
+
+
+@pytest.fixture(scope="module")
+def _made_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    make_run_folder(root / "good", lora_seed=1)
+    make_run_folder(root / "good2", lora_seed=2)
+    make_run_folder(root / "overbudget", general_kl=0.2, budget=0.05, lora_seed=3)
+    make_run_folder(root / "nogain", domain_f1=(0.3, 0.25), lora_seed=4)
+    return root
+
+
+@pytest.fixture
+def runs(_made_runs: Path, tmp_path: Path) -> dict[str, Path]:
+    # Each test gets its own copy (tests tamper with files); the tiny base stays shared, as in
+    # real use several runs share one base model folder.
+    out = {}
+    for name in ("good", "good2", "overbudget", "nogain"):
+        shutil.copytree(_made_runs / name, tmp_path / name)
+        out[name] = tmp_path / name
+    return out
+
+
+def test_lineage_recorded(runs: dict[str, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    v, created = reg.register(runs["good"], "pharma")
+    assert created and v.ref == "pharma:1"
+    # Hashes come from run_info.json as written by the run.
+    assert (v.base_sha256, v.tokenizer_sha256, v.data_sha256) == ("b" * 64, "t" * 64, "d" * 64)
+    assert v.code_version == "forgetless 0.1.0+test"
+    cfg = __import__("yaml").safe_load((runs["good"] / artifacts.RESOLVED_CONFIG).read_text())
+    assert v.config_sha256 == sha256_json({k: x for k, x in cfg.items() if k != "run_dir"})
+    assert len(v.adapter_sha256) == 64
+    assert v.selected_step == 20
+    assert v.scores["general/kl"] == pytest.approx(0.02)
+    assert v.base_scores["domain/token_f1"] == pytest.approx(0.10)
+    assert v.budget_general_kl == pytest.approx(0.05)
+    assert v.domain_pass and v.general_pass
+    # The same run registered again is the same version, not a duplicate.
+    again, created = reg.register(runs["good"], "pharma")
+    assert not created and again.id == v.id
+    # The stored row survives a fresh handle (it is on disk, not in memory).
+    assert Registry(tmp_path / "r.sqlite").get("pharma:1").adapter_sha256 == v.adapter_sha256
+
+
+def test_missing_run_info_hashes_are_computed(runs: dict[str, Path], tmp_path: Path) -> None:
+    (runs["good"] / artifacts.RUN_INFO).unlink()
+    rec = read_run(runs["good"])
+    assert len(rec.base_sha256) == 64 and rec.base_sha256 != "b" * 64
+    assert len(rec.tokenizer_sha256) == 64
+    assert rec.data_sha256 == sha256_json([])  # the config names no data files
+
+
+def test_judge_suites_hand_worked() -> None:
+    base = {"domain/token_f1": 0.1, "domain/ppl": 20.0}
+    assert judge_suites({"domain/token_f1": 0.3, "domain/ppl": 12.0, "general/kl": 0.04}, base, 0.05)[:2] == (True, True)
+    # ppl went up (worse): domain fails even though F1 rose.
+    d, g, why = judge_suites({"domain/token_f1": 0.3, "domain/ppl": 25.0, "general/kl": 0.06}, base, 0.05)
+    assert (d, g) == (False, False)
+    assert any("domain/ppl" in r for r in why) and any("exceeds budget" in r for r in why)
+    # No budget means no limit; a budget with no KL measured fails.
+    assert judge_suites({"domain/token_f1": 0.2, "domain/ppl": 20.0}, base, None)[:2] == (True, True)
+    assert judge_suites({"domain/token_f1": 0.2, "domain/ppl": 20.0}, base, 0.05)[1] is False
+
+
+def test_promote_refused_when_a_suite_fails(runs: dict[str, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    over, _ = reg.register(runs["overbudget"], "pharma")
+    nogain, _ = reg.register(runs["nogain"], "pharma")
+    assert over.domain_pass and not over.general_pass
+    assert not nogain.domain_pass and nogain.general_pass
+    with pytest.raises(ForgetlessError, match="general suite failed"):
+        reg.promote(over.ref, "prod")
+    with pytest.raises(ForgetlessError, match="domain suite failed"):
+        reg.promote(nogain.ref, "prod")
+    assert reg.aliases() == {}
+
+
+def test_promote_refused_when_adapter_changed(runs: dict[str, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    v, _ = reg.register(runs["good"], "pharma")
+    (runs["good"] / artifacts.ADAPTER_DIR / "adapter_model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ForgetlessError, match="changed since it was registered"):
+        reg.promote(v.ref, "prod")
+
+
+def test_rollback_switches_resolved_model(runs: dict[str, Path], tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    reg = Registry(db)
+    v1, _ = reg.register(runs["good"], "pharma")
+    v2, _ = reg.register(runs["good2"], "pharma")
+    assert v2.ref == "pharma:2"
+    reg.promote(v1.ref, "prod")
+    assert resolve_alias("prod", db) == runs["good"].resolve()
+    reg.promote(v2.ref, "prod")
+    assert resolve_alias("prod", db) == runs["good2"].resolve()
+    assert reg.get("prod").ref == "pharma:2"
+    back = reg.rollback("prod")
+    assert back.ref == "pharma:1"
+    assert resolve_alias("prod", db) == runs["good"].resolve()
+    with pytest.raises(ForgetlessError, match="no earlier version"):
+        reg.rollback("prod")
+    assert [e["action"] for e in reg.history("prod")] == ["promote", "promote", "rollback"]
+    with pytest.raises(ForgetlessError, match="not set"):
+        resolve_alias("staging", db)
+
+
+@pytest.mark.parametrize("bad", ["../prod", "a/b", "..", "", ".hidden", "x" * 65, "pharma..x", "na me"])
+def test_bad_names_rejected(bad: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="invalid"):
+        validate_name(bad)
+    reg = Registry(tmp_path / "r.sqlite")
+    with pytest.raises(InputError):
+        reg.register(runs["good"], bad)
+    with pytest.raises(InputError):
+        resolve_alias(bad, tmp_path / "r.sqlite")
+    assert reg.versions() == []
+
+
+def test_diff(runs: dict[str, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    reg.register(runs["good"], "pharma")
+    reg.register(runs["overbudget"], "pharma")
+    d = reg.diff("pharma:1", "pharma:2")
+    assert set(d["lineage"]) == {"adapter_sha256"}  # same base, data, tokenizer, code and config
+    assert d["scores"]["general/kl"]["delta"] == pytest.approx(0.2 - 0.02)
+    assert d["verdict"] == {"general": (True, False)}
+
+
+def test_bad_metrics_line_names_file_and_line(runs: dict[str, Path], tmp_path: Path) -> None:
+    p = runs["good"] / artifacts.METRICS
+    p.write_text(p.read_text() + "{not json\n")
+    with pytest.raises(InputError, match=r"metrics.jsonl:4"):
+        Registry(tmp_path / "r.sqlite").register(runs["good"], "pharma")
+
+
+_WORKER = """
+import sys
+from forgetless.registry import Registry
+from forgetless.registry.lineage import read_run
+rec = read_run(sys.argv[2])
+for i in range(int(sys.argv[3])):
+    rec.adapter_sha256 = f"{sys.argv[4]}-{i}"  # distinct content, so each call mints a version
+    Registry(sys.argv[1]).register(rec.run_dir, "pharma", record=rec)
+"""
+
+
+def test_concurrent_registration_hands_out_each_version_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    Registry(db)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, str(db), str(runs["good"]), "15", f"w{k}"]) for k in range(3)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    versions = [v.version for v in Registry(db).versions("pharma")]
+    assert sorted(versions) == list(range(1, 46))
+
+
+def test_cli_round_trip(runs: dict[str, Path], tmp_path: Path) -> None:
+    db = str(tmp_path / "r.sqlite")
+    cli = CliRunner()
+    r = cli.invoke(app, ["registry", "register", str(runs["good"]), "--name", "pharma", "--db", db, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["ref"] == "pharma:1"
+    r = cli.invoke(app, ["registry", "register", str(runs["overbudget"]), "--name", "pharma", "--db", db])
+    assert r.exit_code == 0 and "pharma:2" in r.output
+    r = cli.invoke(app, ["registry", "promote", "pharma:2", "--alias", "prod", "--db", db])
+    assert r.exit_code != 0 and isinstance(r.exception, ForgetlessError)
+    r = cli.invoke(app, ["registry", "promote", "pharma:1", "--alias", "prod", "--db", db])
+    assert r.exit_code == 0 and "prod" in r.output
+    r = cli.invoke(app, ["registry", "list", "--db", db, "--json"])
+    listed = json.loads(r.output)
+    assert [(x["ref"], x["aliases"]) for x in listed] == [("pharma:1", ["prod"]), ("pharma:2", [])]
+    r = cli.invoke(app, ["registry", "show", "prod", "--db", db])
+    assert r.exit_code == 0 and "pharma:1" in r.output
+    r = cli.invoke(app, ["registry", "diff", "pharma:1", "pharma:2", "--db", db])
+    assert r.exit_code == 0 and "general/kl" in r.output
+    r = cli.invoke(app, ["registry", "register", str(runs["good"]), "--name", "../x", "--db", db])
+    assert r.exit_code != 0 and isinstance(r.exception, InputError)

@@ -1,0 +1,113 @@
+"""Tokenization, prompt masking and packing, against hand-worked token ids and labels."""
+
+from __future__ import annotations
+
+import torch
+
+from forgetless.data import Example
+from forgetless.testing import tiny_model, tiny_tokenizer
+from forgetless.train.dataset import IGNORE, PackedCollator, Tokenized, build_dataset, chunk, pack, tokenize_example
+
+X = IGNORE
+# Word ids in forgetless.testing's vocabulary (checked in test_vocab_ids below).
+IM_START, IM_END, USER, ASSISTANT, SYSTEM = 2, 3, 5, 6, 4
+WHAT, IS, ZORVANEX, A, DRUG, MADE, BY, ACME = 14, 13, 41, 9, 40, 51, 52, 53
+
+
+def test_vocab_ids() -> None:
+    tok = tiny_tokenizer()
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "system", "user", "assistant"]) == [IM_START, IM_END, SYSTEM, USER, ASSISTANT]
+    assert tok.convert_tokens_to_ids("what is zorvanex a drug made by acme".split()) == [WHAT, IS, ZORVANEX, A, DRUG, MADE, BY, ACME]
+
+
+def test_chat_loss_only_on_assistant_turn() -> None:
+    tok = tiny_tokenizer()
+    ex = Example(messages=[{"role": "user", "content": "what is zorvanex"}, {"role": "assistant", "content": "a drug made by acme"}])
+    t = tokenize_example(tok, ex)
+    assert t.input_ids == [IM_START, USER, WHAT, IS, ZORVANEX, IM_END, IM_START, ASSISTANT, A, DRUG, MADE, BY, ACME, IM_END]
+    # Prompt, role header and generation prompt masked; the answer and its end-of-turn are learned.
+    assert t.labels == [X, X, X, X, X, X, X, X, A, DRUG, MADE, BY, ACME, IM_END]
+
+
+def test_multi_turn_and_system_prompt() -> None:
+    tok = tiny_tokenizer()
+    ex = Example(
+        messages=[
+            {"role": "user", "content": "what is zorvanex"},
+            {"role": "assistant", "content": "a drug"},
+            {"role": "user", "content": "by what"},
+            {"role": "assistant", "content": "acme"},
+        ]
+    )
+    t = tokenize_example(tok, ex, system_prompt="you are a cat")
+    learned = [i for i, l in zip(t.input_ids, t.labels) if l != X]
+    assert learned == [A, DRUG, IM_END, ACME, IM_END]
+    assert t.input_ids[:3] == [IM_START, SYSTEM, tok.convert_tokens_to_ids("you")]
+
+
+def test_text_example_learns_every_token_plus_eos() -> None:
+    tok = tiny_tokenizer()
+    t = tokenize_example(tok, Example(text="zorvanex is a drug"))
+    assert t.input_ids == [ZORVANEX, IS, A, DRUG, IM_END] and t.labels == t.input_ids
+
+
+def test_chunk_keeps_every_token() -> None:
+    t = Tokenized(list(range(10)), list(range(10)))
+    parts = chunk(t, 4)
+    assert [p.input_ids for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_pack_boundaries_positions_and_labels() -> None:
+    a = Tokenized([10, 11, 12], [10, 11, 12])
+    b = Tokenized([20, 21], [X, 21])
+    c = Tokenized([30, 31, 32, 33], [30, 31, 32, 33])
+    rows = pack([a, b, c], max_length=6)
+    # First-fit decreasing: c (4) opens row 1, a (3) does not fit -> row 2, b (2) fits into row 1.
+    assert [r.input_ids for r in rows] == [[30, 31, 32, 33, 20, 21], [10, 11, 12]]
+    assert rows[0].position_ids == [0, 1, 2, 3, 0, 1]
+    # The first token of each packed example is never a target (no loss across the boundary).
+    assert rows[0].labels == [X, 31, 32, 33, X, 21]
+
+
+def test_replay_rows_are_separate() -> None:
+    rows = pack([Tokenized([1, 2], [1, 2]), Tokenized([3, 4], [3, 4], replay=True)], max_length=8)
+    assert [(r.input_ids, r.replay) for r in rows] == [([1, 2], False), ([3, 4], True)]
+
+
+def test_packed_attention_matches_separate_sequences() -> None:
+    """Packing changes nothing a model computes: logits equal those of each example run alone.
+
+    Needs use_cache=False (the trainer passes it): with a KV cache transformers does not derive
+    the block-diagonal mask from position ids.
+    """
+    model = tiny_model()
+    seqs = [[9, 40, 51, 52], [41, 13, 9], [14, 13, 41, 3, 5]]
+    rows = pack([Tokenized(s, s) for s in seqs], max_length=12)
+    assert len(rows) == 1
+    batch = PackedCollator(pad_id=0)([{"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids, "replay": r.replay} for r in rows])
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for s in sorted(seqs, key=len, reverse=True):  # packing order: longest first
+            alone = model(input_ids=torch.tensor([s])).logits[0]
+            torch.testing.assert_close(packed[start : start + len(s)], alone, atol=1e-5, rtol=1e-4)
+            start += len(s)
+
+
+def test_collator_pads_as_separate_segment() -> None:
+    batch = PackedCollator(pad_id=0)(
+        [
+            {"input_ids": [5, 6, 7], "labels": [X, 6, 7], "position_ids": [0, 1, 2], "replay": False},
+            {"input_ids": [8], "labels": [X], "position_ids": [0], "replay": True},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[X, 6, 7], [X, X, X]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+    assert batch["replay"].tolist() == [False, True]
+
+
+def test_build_dataset_counts_tokens() -> None:
+    tok = tiny_tokenizer()
+    ds = build_dataset(tok, [Example(text="zorvanex is a drug"), Example(text="a drug")], max_length=16)
+    assert len(ds) == 1 and ds.num_tokens == 5 + 3

@@ -1,0 +1,132 @@
+"""The whole pipeline on a tiny model: files written, parameters touched, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from forgetless import artifacts as A
+from forgetless.config import load_config
+from forgetless.models import load_model
+from forgetless.pipeline import run_pipeline
+from forgetless.train.callbacks import EvalScheduleCallback
+
+# The exact files a LoRA run writes at its top level (litgpt-style: a new file is a conscious change).
+RUN_FILES = {A.RESOLVED_CONFIG, A.RUN_INFO, A.METRICS, A.CHECKPOINTS_DIR, A.TENSORBOARD_DIR, A.CURVES_PNG, A.REPORT_MD, A.SUMMARY, A.ADAPTER_DIR}
+CHECKPOINT_FILES = {
+    A.CHECKPOINT_COMPLETE, "README.md", "adapter_config.json", "adapter_model.safetensors",
+    "optimizer.pt", "rng_state.pth", "scheduler.pt", "trainer_state.json", "training_args.bin",
+}  # fmt: skip
+
+
+def test_tiny_run_end_to_end(tiny_run: Path, tiny_model_dir: Path) -> None:
+    cfg = load_config(tiny_run / "cfg.yaml")
+    summary = run_pipeline(cfg)
+    run = cfg.run_dir
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert sorted(p.name for p in (run / A.CHECKPOINTS_DIR).iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    assert {p.name for p in (run / A.CHECKPOINTS_DIR / "checkpoint-3").iterdir()} == CHECKPOINT_FILES
+    assert {p.name for p in (run / A.ADAPTER_DIR).iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+
+    history = [json.loads(l) for l in (run / A.METRICS).read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 3, 6]
+    # Step 0 is the base itself: a fresh LoRA is an exact no-op, so KL is 0.
+    assert history[0]["general/kl"] == pytest.approx(0.0, abs=1e-6)
+    assert all(h["general/kl"] > 0 for h in history[1:])
+    for key in ("general/kl/knowledge", "general/kl/math", "general/nll", "domain/mc_acc", "domain/qa_f1", "domain/qa_em", "domain/ppl", "domain/mc_acc/doc_only"):
+        assert key in history[0], key
+
+    info = json.loads((run / A.RUN_INFO).read_text())
+    assert set(info["hashes"]) == {"base_weights", "tokenizer", "data", "config"}
+    assert len(info["hashes"]["base_weights"]) == 64 and len(info["hashes"]["data"]) == 3
+    assert summary["selected"]["step"] in (3, 6)
+    assert (run / A.CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (run / A.REPORT_MD).read_text()
+    assert "general/kl" in report and "Change against the base" in report
+
+    # The exported adapter is the standard PEFT layout: vanilla PeftModel loads it.
+    base = load_model(str(tiny_model_dir))
+    peft_model = PeftModel.from_pretrained(base, str(run / A.ADAPTER_DIR))
+    saved = load_file(str(run / A.CHECKPOINTS_DIR / f"checkpoint-{summary['selected']['step']}" / "adapter_model.safetensors"))
+    assert any(t.abs().sum() > 0 for k, t in saved.items() if "lora_B" in k)
+    assert peft_model is not None
+
+
+def test_refuses_to_overwrite_a_run(tiny_run: Path) -> None:
+    from forgetless.errors import ForgetlessError
+
+    cfg = load_config(tiny_run / "cfg.yaml", ["train.max_steps=1", "train.eval_every=1"])
+    run_pipeline(cfg)
+    with pytest.raises(ForgetlessError, match="--resume"):
+        run_pipeline(load_config(tiny_run / "cfg.yaml"))
+
+
+def test_only_lora_parameters_change(tiny_run: Path) -> None:
+    """Train through the pipeline's own trainer; snapshot every parameter before and after."""
+    from forgetless.data import load_examples
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import build_reference, load_general_prompts
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.models import load_tokenizer
+    from forgetless.pipeline import build_trainer
+    from forgetless.train.adapters import attach_adapter
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import build_dataset
+
+    cfg = load_config(tiny_run / "cfg.yaml", ["train.max_steps=3", "train.eval_every=3"])
+    tok = load_tokenizer(cfg.model.name)
+    model = load_model(cfg.model.name)
+    ds = build_dataset(tok, load_examples(cfg.data.train), max_length=32)
+    ref = build_reference(model, tok, load_general_prompts(str(tiny_run / "general.jsonl")), max_new_tokens=4, topk=8)
+    model = attach_adapter(model, cfg.lora)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rec = MetricsRecorder(cfg.run_dir / A.METRICS, cfg.run_dir / A.TENSORBOARD_DIR)
+    trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu")
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert changed, "training changed nothing"
+    assert changed <= lora, f"non-adapter parameters changed: {sorted(changed - lora)[:5]}"
+    # Every adapter B matrix moved off its zero init (every target module learned something).
+    assert {n for n in lora if "lora_B" in n} <= changed
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_matches_uninterrupted(tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'full'}"])
+    run_pipeline(full)
+
+    # Crash right after step 4 (checkpoint-3 is complete, step 4's work is lost).
+    original = EvalScheduleCallback.on_step_end
+
+    def crash_at_4(self, args, state, control, **kw):  # noqa: ANN001, ANN202
+        if state.global_step == 4:
+            raise _Crash
+        return original(self, args, state, control, **kw)
+
+    cut = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'cut'}"])
+    monkeypatch.setattr(EvalScheduleCallback, "on_step_end", crash_at_4)
+    with pytest.raises(_Crash):
+        run_pipeline(cut)
+    monkeypatch.setattr(EvalScheduleCallback, "on_step_end", original)
+    run_pipeline(cut, resume=True)
+
+    a = [json.loads(l) for l in (full.run_dir / A.METRICS).read_text().splitlines()]
+    b = [json.loads(l) for l in (cut.run_dir / A.METRICS).read_text().splitlines()]
+    assert [h["step"] for h in b] == [0, 3, 6]
+    for ha, hb in zip(a, b):
+        for k, v in ha.items():
+            if isinstance(v, float) and not k.startswith("time/"):
+                assert hb[k] == pytest.approx(v, abs=1e-5), (ha["step"], k)
+    wa = load_file(str(full.run_dir / A.CHECKPOINTS_DIR / "checkpoint-6" / "adapter_model.safetensors"))
+    wb = load_file(str(cut.run_dir / A.CHECKPOINTS_DIR / "checkpoint-6" / "adapter_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
