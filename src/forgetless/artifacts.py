@@ -56,3 +56,6 @@ TOKENS_PLAIN_ADAPTER_DIR = "adapter"  # plain LoRA adapter for extended_base (no
 TOKENS_MERGED_DIR = "merged"  # adapter and new rows merged into one model
 TOKENS_EXPORT_INFO = "export.json"  # which folder is which, and how to serve each
 TOKENS_EXPORT_README = "README.md"
+
+# --- `forgetless eval` (issue 4: evaluate suites) ------------------------------------------------
+EVAL_JSON = "eval.json"  # written into --out: every model's scores (value, n, 95% CI) and deltas

@@ -73,6 +73,7 @@ from .registry.cli import register as _reg_registry; _reg_registry(app)  # noqa:
 from .curate.cli import register as _reg_curate; _reg_curate(app)  # noqa: E402,E702 (issue 3)
 from .tokens.cli import register as _reg_tokens; _reg_tokens(app)  # noqa: E402
 from .deploy.cli import register as _reg_deploy; _reg_deploy(app)  # noqa: E402,E702 (issue 7)
+from .evaluate.cli import register as _reg_evaluate; _reg_evaluate(app)  # noqa: E402,E702 (issue 4)
 # STAGE-COMMANDS-END
 
 

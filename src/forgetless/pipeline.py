@@ -1,7 +1,8 @@
 """The forgetless recipe, top to bottom: one function, built from small parts.
 
-    curate -> load base -> tokens -> dataset -> base reference + step-0 eval
-           -> train (both suites at every checkpoint) -> select inside budget -> export -> report
+    data -> base model -> replay -> dataset -> base reference + step-0 eval
+         -> train (both suites and the budget at every checkpoint; early stop)
+         -> adapter-scale sweep -> select inside budget -> export -> report
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 
 from . import artifacts as A
 from .config import RunConfig, dump_config
-from .data import expand_paths, load_examples
+from .data import Example, expand_paths, load_examples, record_to_example
 from .errors import ForgetlessError
 from .evaluate.domain import load_domain
 from .evaluate.drift import cached_reference, load_general_prompts
@@ -28,16 +30,152 @@ from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import history_table, plot_curves, write_report
 from .runinfo import data_hashes, run_info
-from .train.adapters import attach_adapter, trainable_parameters
+from .train.adapters import attach_adapter, is_peft, trainable_parameters
+from .train.budget import BudgetJudge, BudgetStopCallback
+from .train.calibrate import bake_scale, load_adapter_weights, sweep_scales
 from .train.callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback
 from .train.checkpoints import checkpoint_step, last_complete, remove_incomplete
-from .train.dataset import PackedCollator, build_dataset
-from .train.select import select_checkpoint
+from .train.dataset import PackedCollator, PackedDataset, build_dataset
+from .train.regularizers import Regularizers, estimate_fisher
+from .train.select import budget_violations, domain_score, primary_metric, select_checkpoint
 from .train.trainer import ForgetlessTrainer
 
 
+def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole job described by ``cfg``; returns the summary written to summary.json."""
+    console = console or Console(stderr=True)
+    t_start = time.time()
+    set_seed(cfg.seed)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    run_dir = prepare_run_dir(cfg, resume)
+    config_yaml = dump_config(cfg)
+    atomic_write_text(run_dir / A.RESOLVED_CONFIG, config_yaml)
+
+    # 1. Data, validated up front: a bad line fails in a second, not after model loading.
+    console.print("[bold]1/7 data[/]")
+    if not cfg.data.train:
+        raise ForgetlessError("data.train is empty: name at least one training file or folder")
+    train_files = expand_paths(cfg.data.train)
+    examples = load_examples(train_files)
+    user_replay = load_examples([cfg.data.replay]) if cfg.data.replay else None
+    domain = load_domain(cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text)
+    eval_files = [p for p in (cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text, cfg.data.replay) if p]
+
+    # 2. Base model and tokenizer.
+    m = cfg.model
+    console.print(f"[bold]2/7 model[/] {m.name}")
+    tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    model = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    base_fp = weights_fingerprint(m.name, revision=m.revision)
+    tok_fp = tokenizer_fingerprint(tok)
+
+    # 3. Replay (the user's file, or the base's own answers to general prompts) and the dataset.
+    replay = user_replay
+    if replay is None and cfg.train.replay_ratio > 0:
+        replay = self_replay(model, tok, base_fp, console)
+    dataset = build_dataset(
+        tok, examples, max_length=cfg.data.max_length, packing=cfg.train.packing, system_prompt=cfg.data.system_prompt,
+        replay=replay, replay_ratio=cfg.train.replay_ratio, seed=cfg.seed,
+    )  # fmt: skip
+    total_steps, every = plan_steps(len(dataset), cfg)
+    n_replay = sum(r.replay for r in dataset.rows)
+    console.print(f"  {len(examples)} examples -> {len(dataset)} rows ({n_replay} replay), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
+
+    # 4. The base reference for general drift (cached across runs) and the evaluator.
+    console.print("[bold]3/7 base reference[/] (general prompts; cached after the first run)")
+    prompts = load_general_prompts(cfg.eval.general_prompts, cfg.eval.general_limit)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("base answers + log-probs", total=2 * len(prompts))
+        ref, ref_path, cached = cached_reference(
+            model, tok, prompts, base_fingerprint=base_fp, tokenizer_fingerprint=tok_fp,
+            max_new_tokens=cfg.eval.general_max_new_tokens, topk=cfg.eval.kl_topk, batch_size=cfg.eval.batch_size,
+            system_prompt=cfg.data.system_prompt, on_batch=lambda n: bar.advance(task, n),
+        )  # fmt: skip
+    console.print(f"  {len(ref.ids)} prompts, {sum(len(a) for a in ref.answer_ids)} answer tokens ({'cached' if cached else 'computed'})")
+    evaluator = Evaluator(
+        tok, domain, ref, batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
+        system_prompt=cfg.data.system_prompt, general_suites=tuple(cfg.eval.general_suites),
+        suite_limits=cfg.eval.suite_limits, base_cache_key=f"{base_fp}:{tok_fp}",
+    )  # fmt: skip
+    atomic_write_json(
+        run_dir / A.RUN_INFO,
+        run_info(config_yaml=config_yaml, base=base_fp, tokenizer=tok_fp, data=data_hashes(train_files + eval_files),
+                 extra={"model": m.name, "device": device, "reference": ref_path.name,
+                        "dataset": {"examples": len(examples), "rows": len(dataset), "replay_rows": n_replay, "tokens_per_epoch": dataset.num_tokens}}),
+    )  # fmt: skip
+
+    # 5. Adapter on the frozen base; step 0 = the base itself (a fresh LoRA is an exact no-op).
+    model = attach_adapter(model, cfg.lora)
+    n_train, n_total = trainable_parameters(model)
+    console.print(f"[bold]4/7 train[/] {cfg.lora.mode}: {n_train:,} of {n_total:,} parameters trainable ({100 * n_train / n_total:.2f}%)")
+    regs = build_regularizers(cfg, model, dataset, tok)
+    judge = BudgetJudge(cfg.budget)
+    with console.status("scoring the base on the general suites"):
+        judge.base_scores = evaluator.ensure_base_scores(model)
+    recorder = MetricsRecorder(run_dir / A.METRICS, run_dir / A.TENSORBOARD_DIR)
+    resume_from = find_resume_point(cfg, recorder, console) if resume else None
+    if not any(h["step"] == 0 for h in recorder.read()):
+        with console.status("evaluating the base model (step 0)"):
+            base_metrics = evaluator.evaluate(model, step=0)
+            base_metrics["budget/violations"], base_metrics["budget/inside"] = [], 1.0
+            recorder.record_eval(base_metrics)
+    stopper = BudgetStopCallback(cfg.train.patience)
+    trainer = build_trainer(cfg, model, tok, dataset, evaluator, recorder, total_steps=total_steps, every=every, device=device,
+                            console=console, regularizers=regs, judge=judge, extra_callbacks=[stopper])  # fmt: skip
+    t_train = time.time()
+    trainer.train(resume_from_checkpoint=resume_from)
+    train_s = time.time() - t_train
+    recorder.close()
+    if stopper.stopped_at is not None:
+        console.print(f"[yellow]early stop at step {stopper.stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
+
+    # 6. Adapter-scale sweep on the best checkpoint, then the best (checkpoint, scale) inside the budget.
+    history = sorted(recorder.read(), key=lambda h: h["step"])
+    ckpt_dir = run_dir / A.CHECKPOINTS_DIR
+    scale_curve = calibrate_scale(cfg, model, evaluator, judge, history, ckpt_dir, console)
+    if scale_curve:
+        atomic_write_json(run_dir / A.SCALE_CURVE, scale_curve)
+    console.print("[bold]6/7 select[/]")
+    sel = select_checkpoint(history, cfg.budget)
+    chosen_scale = 1.0
+    best_scaled = best_inside(scale_curve, cfg, history)
+    if best_scaled is not None and (sel.score is None or domain_score(best_scaled, sel.metric) > sel.score):
+        sel.step, sel.score, chosen_scale = best_scaled["step"], domain_score(best_scaled, sel.metric), best_scaled["scale"]
+        sel.verdict = f"step {sel.step} at adapter scale {chosen_scale} is the best inside the budget ({sel.metric} {sel.score:.3f})"
+    export_dir = run_dir / (A.ADAPTER_DIR if cfg.lora.mode == "lora" else A.MODEL_DIR)
+    if sel.step is not None:
+        export(ckpt_dir / f"checkpoint-{sel.step}", export_dir, tok, full=cfg.lora.mode == "full")
+        if is_peft(model):
+            bake_scale(export_dir, chosen_scale)
+
+    # 7. Report.
+    console.print("[bold]7/7 report[/]")
+    summary = {
+        "verdict": sel.verdict,
+        "selected": {"step": sel.step, "scale": chosen_scale, "metric": sel.metric, "score": sel.score} if sel.step is not None else None,
+        "early_stop_step": stopper.stopped_at,
+        "base": history[0] if history else None,
+        "final": history[-1] if history else None,
+        "budget": cfg.budget.model_dump(),
+        "timing": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
+                   "eval_s": round(sum(h.get("time/eval_general_s", 0) + h.get("time/eval_domain_s", 0) for h in history), 1)},
+        "export": export_dir.name if sel.step is not None else None,
+    }  # fmt: skip
+    atomic_write_json(run_dir / A.SUMMARY, summary)
+    plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=cfg.budget.general_kl)
+    write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary, scale_curve=scale_curve)
+    print_table(console, history, summary)
+    return summary
+
+
+# --- the small parts -----------------------------------------------------------------------------
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
-    """Create the run folder; refuse to overwrite a finished or started run unless resuming."""
+    """Create the run folder; refuse to overwrite a started run unless resuming."""
     run_dir = cfg.run_dir
     if (run_dir / A.METRICS).exists() and not resume:
         raise ForgetlessError(f"{run_dir} already holds a run; pass --resume to continue it, or set run_dir to a new folder")
@@ -53,109 +191,44 @@ def plan_steps(n_rows: int, cfg: RunConfig) -> tuple[int, int]:
     return total, every
 
 
-def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
-    """Run the whole job described by ``cfg``; returns the summary written to summary.json."""
-    console = console or Console(stderr=True)
-    t_start = time.time()
-    set_seed(cfg.seed)
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    run_dir = prepare_run_dir(cfg, resume)
-    config_yaml = dump_config(cfg)
-    atomic_write_text(run_dir / A.RESOLVED_CONFIG, config_yaml)
-    if not cfg.data.train:
-        raise ForgetlessError("data.train is empty: name at least one training file or folder")
+def self_replay(model: torch.nn.Module, tok: Any, base_fp: str, console: Console) -> list[Example]:
+    """The base's own answers to forgetless' replay prompts (generated once per base, cached)."""
+    from .curate.replay import load_prompts, self_generated_replay
 
-    # 1. Data (validated up front: a bad line fails in a second, not after model loading).
-    console.print("[bold]1/6 data[/]")
-    train_files = expand_paths(cfg.data.train)
-    examples = load_examples(train_files)
-    if cfg.data.replay:
-        examples += [_as_replay(e) for e in load_examples([cfg.data.replay])]
-    domain = load_domain(cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text)
-    eval_files = [p for p in (cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text, cfg.data.replay) if p]
+    n = len(load_prompts())
+    recs = self_generated_replay(model, tok, n=n, max_new_tokens=64, cache_key=base_fp, console=console)
+    return [record_to_example(r, file="<self-generated replay>", line=i + 1) for i, r in enumerate(recs)]
 
-    # 2. Base model and tokenizer.
-    console.print(f"[bold]2/6 model[/] {cfg.model.name}")
-    m = cfg.model
-    tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
-    model = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    base_fp = weights_fingerprint(m.name, revision=m.revision)
-    tok_fp = tokenizer_fingerprint(tok)
 
-    # 3. Training set: chat templates, prompt masking, packing.
-    dataset = build_dataset(tok, examples, max_length=cfg.data.max_length, packing=cfg.train.packing, system_prompt=cfg.data.system_prompt)
-    total_steps, every = plan_steps(len(dataset), cfg)
-    console.print(f"  {len(examples)} examples -> {len(dataset)} rows, {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
+def build_regularizers(cfg: RunConfig, model: torch.nn.Module, dataset: PackedDataset, tok: Any) -> Regularizers:
+    """The configured regularizers; EWC's Fisher is estimated here on the replay rows."""
+    t = cfg.train
+    replay_rows = [r for r in dataset.rows if r.replay]
+    if (t.kl_to_base or t.ewc) and not replay_rows:
+        raise ForgetlessError("train.kl_to_base and train.ewc need replay data: set train.replay_ratio > 0 (and optionally data.replay)")
+    fisher = None
+    if t.ewc:
+        collate = PackedCollator(pad_id=tok.pad_token_id or 0)
+        dev = next(model.parameters()).device
+        batches = (
+            {k: v.to(dev) for k, v in collate([PackedDataset(replay_rows)[j] for j in range(i, min(i + t.batch_size, len(replay_rows)))]).items()}
+            for i in range(0, len(replay_rows), t.batch_size)
+        )
+        fisher = estimate_fisher(model, batches, max_batches=t.ewc_batches)
+    return Regularizers(model, kl_to_base=t.kl_to_base, l2sp=t.l2sp, ewc=t.ewc, fisher=fisher)
 
-    # 4. The base reference for general drift (cached across runs) and the evaluator.
-    console.print("[bold]3/6 base reference[/] (general prompts, cached after the first run)")
-    prompts = load_general_prompts(cfg.eval.general_prompts, cfg.eval.general_limit)
-    ref, ref_path, cached = cached_reference(
-        model, tok, prompts, base_fingerprint=base_fp, tokenizer_fingerprint=tok_fp,
-        max_new_tokens=cfg.eval.general_max_new_tokens, topk=cfg.eval.kl_topk, batch_size=cfg.eval.batch_size,
-        system_prompt=cfg.data.system_prompt,
-    )  # fmt: skip
-    console.print(f"  {len(ref.ids)} prompts, {sum(len(a) for a in ref.answer_ids)} answer tokens ({'cached' if cached else 'computed'}: {ref_path.name})")
-    evaluator = Evaluator(tok, domain, ref, batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens, system_prompt=cfg.data.system_prompt)
 
-    atomic_write_json(
-        run_dir / A.RUN_INFO,
-        run_info(config_yaml=config_yaml, base=base_fp, tokenizer=tok_fp, data=data_hashes(train_files + eval_files),
-                 extra={"model": m.name, "device": device, "dataset": {"examples": len(examples), "rows": len(dataset), "tokens_per_epoch": dataset.num_tokens}}),
-    )  # fmt: skip
-
-    # 5. Adapter on the frozen base; step 0 = the base itself (a fresh LoRA is an exact no-op).
-    model = attach_adapter(model, cfg.lora)
-    n_train, n_total = trainable_parameters(model)
-    console.print(f"[bold]4/6 train[/] {cfg.lora.mode}: {n_train:,} of {n_total:,} parameters trainable ({100 * n_train / n_total:.2f}%)")
-    recorder = MetricsRecorder(run_dir / A.METRICS, run_dir / A.TENSORBOARD_DIR)
-    ckpt_dir = run_dir / A.CHECKPOINTS_DIR
-    resume_from = None
-    if resume:
-        remove_incomplete(ckpt_dir)
-        last = last_complete(ckpt_dir)
-        if last is not None:
-            resume_from = str(last)
-            recorder.truncate_after(checkpoint_step(last) or 0)
-            console.print(f"  resuming from {last.name}")
-        else:
-            recorder.truncate_after(0)
-    if not any(h["step"] == 0 for h in recorder.read()):
-        with console.status("evaluating the base model (step 0)"):
-            recorder.record_eval(evaluator.evaluate(model, step=0))
-
-    trainer = build_trainer(cfg, model, tok, dataset, evaluator, recorder, total_steps=total_steps, every=every, device=device, console=console)
-    t_train = time.time()
-    trainer.train(resume_from_checkpoint=resume_from)
-    train_s = time.time() - t_train
-    recorder.close()
-
-    # 6. Select inside the budget, export, report.
-    console.print("[bold]5/6 select[/]")
-    history = sorted(recorder.read(), key=lambda h: h["step"])
-    sel = select_checkpoint(history, cfg.budget)
-    export_dir = run_dir / (A.ADAPTER_DIR if cfg.lora.mode == "lora" else A.MODEL_DIR)
-    if sel.step is not None:
-        _export(ckpt_dir / f"checkpoint-{sel.step}", export_dir, tok, full=cfg.lora.mode == "full")
-    console.print("[bold]6/6 report[/]")
-    summary: dict[str, Any] = {
-        "verdict": sel.verdict,
-        "selected": {"step": sel.step, "metric": sel.metric, "score": sel.score, "scale": 1.0} if sel.step is not None else None,
-        "base": history[0] if history else None,
-        "final": history[-1] if history else None,
-        "budget": cfg.budget.model_dump(),
-        "timing": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
-                   "eval_s": round(sum(h.get("time/eval_general_s", 0) + h.get("time/eval_domain_s", 0) for h in history), 1)},
-        "export": export_dir.name if sel.step is not None else None,
-    }  # fmt: skip
-    atomic_write_json(run_dir / A.SUMMARY, summary)
-    plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=cfg.budget.general_kl)
-    write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary)
-    _print_table(console, history, summary)
-    return summary
+def find_resume_point(cfg: RunConfig, recorder: MetricsRecorder, console: Console) -> str | None:
+    """The newest complete checkpoint (half-written ones are deleted); metrics after it are dropped."""
+    ckpt_dir = cfg.run_dir / A.CHECKPOINTS_DIR
+    for p in remove_incomplete(ckpt_dir):
+        console.print(f"  removed incomplete {p.name}")
+    last = last_complete(ckpt_dir)
+    recorder.truncate_after(checkpoint_step(last) or 0 if last else 0)
+    if last is None:
+        return None
+    console.print(f"  resuming from {last.name}")
+    return str(last)
 
 
 def build_trainer(
@@ -170,24 +243,26 @@ def build_trainer(
     every: int,
     device: str,
     console: Console | None = None,
+    regularizers: Regularizers | None = None,
+    judge: BudgetJudge | None = None,
+    extra_callbacks: list[Any] | None = None,
 ) -> ForgetlessTrainer:
     """The HF Trainer as forgetless configures it: checkpoint + both suites every ``every`` steps."""
-    m = cfg.model
-    ckpt_dir = cfg.run_dir / A.CHECKPOINTS_DIR
+    t = cfg.train
     args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.train.batch_size,
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        learning_rate=cfg.train.lr,
-        weight_decay=cfg.train.weight_decay,
-        max_grad_norm=cfg.train.max_grad_norm,
-        warmup_steps=cfg.train.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
-        lr_scheduler_type=cfg.train.lr_scheduler,
+        output_dir=str(cfg.run_dir / A.CHECKPOINTS_DIR),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
+        lr_scheduler_type=t.lr_scheduler,
         max_steps=total_steps,
         logging_steps=1,
         save_strategy="steps",
         save_steps=every,
-        save_total_limit=cfg.train.keep_checkpoints or None,
+        save_total_limit=t.keep_checkpoints or None,
         eval_strategy="no",  # EvalScheduleCallback triggers our own evaluate() with each save
         report_to="none",  # MetricsRecorder writes TensorBoard itself, step 0 included
         seed=cfg.seed,
@@ -195,8 +270,9 @@ def build_trainer(
         remove_unused_columns=False,
         disable_tqdm=True,
         use_cpu=device == "cpu",
-        bf16=m.dtype == "bfloat16" and device == "cuda",
+        bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
         dataloader_num_workers=0,
+        neftune_noise_alpha=t.neftune_alpha,
     )
     log_cb = LogCallback(recorder)
     trainer = ForgetlessTrainer(
@@ -206,7 +282,9 @@ def build_trainer(
         data_collator=PackedCollator(pad_id=tok.pad_token_id or 0),
         evaluator=evaluator,
         recorder=recorder,
-        callbacks=[EvalScheduleCallback(every), log_cb, RichProgressCallback(console, log_cb)],
+        regularizers=regularizers,
+        judge=judge,
+        callbacks=[EvalScheduleCallback(every), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
     )
     # Our Rich bar and metrics files replace the Trainer's own printing.
     trainer.remove_callback(PrinterCallback)
@@ -214,17 +292,42 @@ def build_trainer(
     return trainer
 
 
-def _as_replay(ex: Any) -> Any:
-    ex.meta["replay"] = True
-    return ex
+def calibrate_scale(
+    cfg: RunConfig, model: torch.nn.Module, evaluator: Evaluator, judge: BudgetJudge, history: list[dict[str, Any]], ckpt_dir: Path, console: Console
+) -> list[dict[str, Any]]:
+    """Sweep adapter scales on the checkpoint with the best domain score (LoRA only)."""
+    trained = [h for h in history if h["step"] > 0]
+    if not cfg.train.scale_sweep or not trained or not is_peft(model) or cfg.lora.use_dora:
+        return []  # DoRA's magnitude vector makes output scaling non-linear in the weights: no sweep
+    metric = primary_metric(history)
+    best = max(trained, key=lambda h: domain_score(h, metric))
+    load_adapter_weights(model, ckpt_dir / f"checkpoint-{best['step']}")
+    console.print(f"[bold]5/7 adapter scale[/] sweeping {cfg.train.scale_sweep} on step {best['step']}")
+
+    def evaluate(scale: float) -> dict[str, Any]:
+        with console.status(f"evaluating scale {scale}"):
+            mm = evaluator.evaluate(model, step=best["step"])
+        v = judge.violations(mm, evaluator.last_scores)
+        mm["budget/violations"], mm["budget/inside"] = v, float(not v)
+        return mm
+
+    curve = sweep_scales(model, [s for s in cfg.train.scale_sweep if s != 1.0], evaluate)
+    return curve + [{**best, "scale": 1.0}]
 
 
-def _export(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:
+def best_inside(curve: list[dict[str, Any]], cfg: RunConfig, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best scaled point inside the budget (None if none is)."""
+    metric = primary_metric(history)
+    inside = [c for c in curve if not budget_violations(c, cfg.budget)]
+    return max(inside, key=lambda c: (domain_score(c, metric), -c.get("general/kl", 0.0))) if inside else None
+
+
+def export(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:
     """Copy the selected checkpoint's weights into the run's adapter/ (or model/) folder, atomically."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    wanted = ("adapter_config.json", "adapter_model.safetensors") if not full else ("config.json", "generation_config.json", "model.safetensors")
+    wanted = ("config.json", "generation_config.json", "model.safetensors") if full else ("adapter_config.json", "adapter_model.safetensors")
     for name in wanted:
         if (checkpoint / name).exists():
             shutil.copy2(checkpoint / name, tmp / name)
@@ -234,7 +337,8 @@ def _export(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:
     tmp.rename(dest)
 
 
-def _print_table(console: Console, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def print_table(console: Console, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The per-checkpoint table of both suites, then the verdict."""
     header, rows = history_table(history)
     table = Table(title="Both suites at every checkpoint (step 0 = base)")
     for h in header:

@@ -10,7 +10,7 @@ from .io import atomic_write_bytes, atomic_write_text
 # Columns shown in tables, in order, when present. Generative scores and KL come first: multiple
 # choice alone hides the forgetting users notice (answers drifting into the domain's style).
 DOMAIN_COLS = ["domain/qa_recall", "domain/qa_f1", "domain/qa_rougeL", "domain/mc_acc", "domain/mc_acc/doc_only", "domain/ppl"]
-GENERAL_COLS = ["general/kl", "general/nll", "general/knowledge_acc", "general/math_em", "general/code_pass1"]
+GENERAL_COLS = ["general/kl", "general/nll", "general/knowledge_mc", "general/math", "general/code"]
 
 
 def _fmt(v: Any) -> str:
@@ -60,7 +60,15 @@ def history_table(history: list[dict[str, Any]]) -> tuple[list[str], list[list[s
     return ["step"] + cols, rows
 
 
-def write_report(path: Path, *, title: str, history: list[dict[str, Any]], summary: dict[str, Any], extra_sections: list[str] | None = None) -> None:
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    history: list[dict[str, Any]],
+    summary: dict[str, Any],
+    scale_curve: list[dict[str, Any]] | None = None,
+    extra_sections: list[str] | None = None,
+) -> None:
     """report.md: verdict first, then per-checkpoint domain gain and general drift."""
     base = history[0] if history else {}
     lines = [f"# {title}", ""]
@@ -82,6 +90,13 @@ def write_report(path: Path, *, title: str, history: list[dict[str, Any]], summa
         lines += ["", "## General KL by category (nats/token)", "", "| step | " + " | ".join(c.removeprefix("general/kl/") for c in cats) + " |", "|" + "---|" * (len(cats) + 1)]
         for h in history:
             lines.append(f"| {h['step']} | " + " | ".join(_fmt(h.get(c, "")) for c in cats) + " |")
+    if scale_curve:
+        lines += ["", f"## Adapter-scale calibration (checkpoint {scale_curve[-1]['step']})", "", "Scale 0 is the base, 1 the trained adapter.", ""]
+        keys = [c for c in GENERAL_COLS + DOMAIN_COLS if c in scale_curve[0]]
+        lines += ["| scale | " + " | ".join(keys) + " | inside budget |", "|" + "---|" * (len(keys) + 2)]
+        for c in sorted(scale_curve, key=lambda c: c["scale"]):
+            inside = "yes" if not c.get("budget/violations") else "no: " + "; ".join(c["budget/violations"])
+            lines.append(f"| {c['scale']} | " + " | ".join(_fmt(c.get(k, "")) for k in keys) + f" | {inside} |")
     for sec in extra_sections or []:
         lines += ["", sec]
     lines += ["", "![curves](curves.png)", ""]

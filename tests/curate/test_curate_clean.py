@@ -50,6 +50,10 @@ def test_clean_record_formats_and_boilerplate() -> None:
     pr = {"prompt": "a\tb", "response": "c  d"}
     assert clean_record(pr, cfg) == {"prompt": "a b", "response": "c d"}
     assert record_lines({"text": "One\n\n  TWO  three "}, cfg) == ["one", "two three"]
+    # One-line texts are never boilerplate candidates (a repeated system prompt is content).
+    assert record_lines({"text": "only one line"}, cfg) == []
+    sys_prompt = {"messages": [{"role": "system", "content": "page generated automatically"}, {"role": "assistant", "content": "ok"}]}
+    assert clean_record(sys_prompt, cfg, boiler)["messages"][0]["content"] == "page generated automatically"
 
 
 def test_quality_reasons_hand_worked() -> None:
@@ -72,9 +76,9 @@ def test_count_min_sketch_counts_and_never_undercounts() -> None:
     a, b = str_hashes(["alpha"]), str_hashes(["beta"])
     for _ in range(5):
         cms.add(a)
-    cms.add(np.concatenate([b, b]))  # duplicates within one call count once (document frequency)
+    cms.add(np.concatenate([b, b]))  # every occurrence counts (callers deduplicate per document)
     assert cms.query(a).tolist() == [5]
-    assert cms.query(b).tolist() == [1]
+    assert cms.query(b).tolist() == [2]
     assert cms.query(str_hashes(["never seen"])).tolist() == [0]
     # A tiny sketch must over-count under collisions, never under-count.
     small = CountMinSketch(width=16, depth=2)

@@ -15,6 +15,7 @@ a record that is in the curated output.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ def normalized_hash(tokens: list[str]) -> int:
     return int.from_bytes(hashlib.blake2b(" ".join(tokens).encode("utf-8"), digest_size=8).digest(), "little")
 
 
+@functools.lru_cache(maxsize=64)  # datasketch integrates numerically: ~0.15 s per call
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """``(bands, rows)`` for ``threshold``, chosen by datasketch's optimiser with recall weighted 0.95."""
     # Weighted towards recall: every candidate is confirmed on the full signature afterwards, so
@@ -59,6 +61,45 @@ def minhash_matrix(shingle_sets: list[list[str]], num_perm: int, seed: int) -> n
     if not shingle_sets:
         return np.zeros((0, num_perm), dtype=np.uint32)
     mat = RMinHash.digest_matrix_from_token_sets(shingle_sets, num_perm=num_perm, seed=seed)
+    return np.asarray(mat.to_rows(), dtype=np.uint32)
+
+
+def shingle_hash_matrix(token_lists: list[list[str]], k: int, num_perm: int, seed: int) -> np.ndarray:
+    """MinHash signatures of word ``k``-shingles, hashed without building shingle strings.
+
+    Equivalent in effect to :func:`minhash_matrix` over :func:`shingles` (a record shorter than
+    ``k`` is one shingle of all its words): each word is hashed once, shingle hashes are combined
+    in numpy for the whole batch, and rensa signs the flat hash buffer in one call. Joining
+    ~150 shingle strings per record in Python would cost more than everything else in the pass.
+    """
+    n_docs = len(token_lists)
+    if n_docs == 0:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    lens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n_docs)
+    flat = [w for t in token_lists for w in t]
+    # Python's str hash is salted per process; signatures are only ever compared within one run.
+    h = np.fromiter(map(hash, flat), dtype=np.int64, count=len(flat)).view(np.uint64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    # acc[j][p] combines words p..p+j; built level by level over the whole batch.
+    acc = [h]
+    with np.errstate(over="ignore"):
+        for j in range(1, k):
+            prev = acc[-1]
+            acc.append((prev[: len(h) - j] * _FNV_PRIME) ^ h[j:])
+    docs_full = np.nonzero(lens >= k)[0]
+    n_sh = np.where(lens >= k, lens - k + 1, np.minimum(lens, 1))
+    offsets = np.zeros(n_docs + 1, dtype=np.uint64)
+    offsets[1:] = np.cumsum(n_sh)
+    out = np.empty(int(offsets[-1]), dtype=np.uint64)
+    if len(docs_full):
+        # Positions p with p + k - 1 inside the same record, in record order.
+        rep = np.repeat(docs_full, n_sh[docs_full])
+        within = np.arange(len(rep)) - np.repeat(np.cumsum(n_sh[docs_full]) - n_sh[docs_full], n_sh[docs_full])
+        pos = starts[rep] + within
+        out[(offsets[rep].astype(np.int64) + within)] = acc[k - 1][pos]
+    for d in np.nonzero((lens > 0) & (lens < k))[0]:
+        out[int(offsets[d])] = acc[int(lens[d]) - 1][starts[d]]
+    mat = RMinHash.digest_matrix_from_flat_token_hashes(out, offsets, num_perm, seed)
     return np.asarray(mat.to_rows(), dtype=np.uint32)
 
 

@@ -2,30 +2,31 @@
 
 Three streaming passes over the input, none of which keeps record texts in memory:
 
-1. **lines**: count, per multi-line record, which lines repeat across records (a count-min sketch,
-   fixed size) to find boilerplate headers, footers and navigation;
-2. **signatures**: clean each record, apply the quality filters, hash it for exact duplicates and
-   MinHash it for near-duplicates (signatures go to temporary files, not RAM), count rare terms;
-   then resolve duplicates from sorted hashes and LSH bands;
-3. **write**: read the input again, redo the (deterministic) cleaning for kept records, and write
-   the curated JSONL (with replay records interleaved), the rejects JSONL and the reports.
+1. **boilerplate scan**: count which lines of multi-line texts recur across records (a fixed-size
+   count-min sketch) to find headers, footers and navigation. Records whose raw JSON line cannot
+   contain a line break are skipped without being parsed.
+2. **clean + sign**: clean each record, apply the quality filters, hash it for exact duplicates,
+   MinHash it for near-duplicates (signatures go to temporary files) and count its rare-term
+   candidates; cleaned candidates are spilled to a temporary JSONL file. Duplicates are then
+   resolved from sorted hashes and LSH bands (see :mod:`forgetless.curate.dedup`).
+3. **write**: read the input again, parsing only rejected records (to keep their original form),
+   stream kept records from the spill file with their flags, interleave replay records, write the
+   reports (:mod:`forgetless.curate.output`).
 
-Per record, memory holds a few integers (status, line number, length); see ``docs/benchmarks.md``
-for measured peak RSS against input size. All outputs are written to temporary files in the output
-folder and renamed into place at the end, so an interrupted run leaves the previous outputs intact.
+Per record, RAM holds a few integers (status, file, line, length, hash); ``docs/benchmarks.md``
+has measured peak RSS against input size. Outputs are written under temporary names in the output
+folder and renamed at the end, so an interrupted run leaves earlier outputs intact.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import tempfile
 import time
 from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -34,11 +35,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from .. import artifacts
 from ..data import expand_paths
 from ..errors import ForgetlessError
+from ..io import atomic_write_json, atomic_write_text
 from ..train.config import DEFAULT_MODEL
 from . import dedup
 from .clean import CountMinSketch, clean_record, quality_reject, record_lines, record_text, str_hashes, terms, words
 from .config import CurateConfig
 from .diversity import diversity_report, warnings
+from .output import WriteState, json_line, write_outputs
 from .reader import RawRecord, iter_records
 from .replay import count_replay_file, interleave_positions, iter_replay_file, replay_count, self_generated_replay
 from .report import render_markdown
@@ -59,6 +62,7 @@ REASONS = [
 ]
 CODE = {r: i for i, r in enumerate(REASONS)}
 SIGNATURE_BATCH = 2048  # records per rensa call: large enough to amortise the call, small in RAM
+_PROGRESS_EVERY = 2048  # records between progress-bar updates (an update costs more than a record)
 
 
 @dataclass
@@ -102,79 +106,54 @@ def _cms_width(total_bytes: int) -> int:
     return 1 << (want - 1).bit_length()
 
 
-class _Pass:
-    """One streaming pass over the inputs with a progress bar in bytes."""
+def _with_progress(records: Iterator[RawRecord], progress: Progress, label: str, total: int) -> Iterator[RawRecord]:
+    """Pass ``records`` through, advancing a byte-based progress bar every few thousand records."""
+    task = progress.add_task(label, total=total)
+    pending, n = 0, 0
+    for r in records:
+        pending += r.nbytes + 1
+        n += 1
+        if n % _PROGRESS_EVERY == 0:
+            progress.advance(task, pending)
+            pending = 0
+        yield r
+    progress.update(task, visible=False)
 
-    def __init__(self, files: list[Path], progress: Progress, label: str, total: int, stats: dict[str, Any] | None = None) -> None:
-        self.files, self.progress, self.stats = files, progress, stats
-        self.task = progress.add_task(label, total=total)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        for r in iter_records(self.files, self.stats):
-            self.progress.advance(self.task, r.nbytes + 1)
-            yield r
-        self.progress.update(self.task, visible=False)
+def _may_have_lines(rid: int, raw: bytes) -> bool:
+    """False when a raw record cannot hold two lines: no newline/CR (escaped or not), no tag."""
+    return b"\\n" in raw or b"\n" in raw or b"\\r" in raw or b"<" in raw or b"\\u003c" in raw or b"\\u003C" in raw
 
 
 def _find_boilerplate(files: list[Path], cfg: CurateConfig, progress: Progress, total: int) -> tuple[frozenset[str], int]:
-    """Pass 1: lines found in at least the threshold number of multi-line records."""
+    """Pass 1: lines found in at least the threshold number of records' multi-line texts."""
     cms = CountMinSketch(_cms_width(total))
     candidates: set[str] = set()
     n_records = 0
-    for r in _Pass(files, progress, "boilerplate scan", total):
+    buf: list[str] = []
+
+    def flush() -> None:
+        keys = str_hashes(buf)
+        cms.add(keys)
+        # Counts only grow, so a line at the lower bound now is a candidate for the final threshold.
+        est = cms.query(keys).tolist()
+        candidates.update(ln for ln, c in zip(buf, est) if c >= cfg.boilerplate_min_docs)
+        buf.clear()
+
+    for r in _with_progress(iter_records(files, want=_may_have_lines), progress, "boilerplate scan", total):
+        n_records += 1
         if r.rec is None:
             continue
-        n_records += 1
-        lines = set(record_lines(r.rec, cfg))
-        if len(lines) < 2:
-            continue  # a one-line record repeated elsewhere is a duplicate, not boilerplate
-        line_list = list(lines)
-        keys = str_hashes(line_list)
-        cms.add(keys)
-        est = cms.query(keys)
-        # Counts only grow, so a line at the lower bound now is a candidate for the final threshold.
-        candidates.update(ln for ln, c in zip(line_list, est.tolist()) if c >= cfg.boilerplate_min_docs)
+        buf.extend(set(record_lines(r.rec, cfg)))  # distinct per record: document frequency
+        if len(buf) >= 65536:
+            flush()
+    flush()
     threshold = max(cfg.boilerplate_min_docs, int(np.ceil(cfg.boilerplate_min_share * n_records)))
     if not candidates:
         return frozenset(), threshold
     cand = list(candidates)
-    est = cms.query(str_hashes(cand))
-    return frozenset(c for c, e in zip(cand, est.tolist()) if e >= threshold), threshold
-
-
-# Characters json.dumps leaves raw (ensure_ascii=False) that str.splitlines() and some editors
-# treat as line breaks; escaping them keeps "one record per line" true for every reader.
-_LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
-
-
-def json_line(rec: dict[str, Any]) -> str:
-    """One JSONL line: UTF-8 kept readable, line-breaking characters escaped."""
-    return json.dumps(rec, ensure_ascii=False).translate(_LINE_BREAKERS) + "\n"
-
-
-class _AtomicOut:
-    """A text file written under a temporary name in its final folder, renamed on commit."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        self.f: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
-
-    def write(self, rec: dict[str, Any]) -> None:
-        """Append one JSON line."""
-        self.f.write(json_line(rec))
-
-    def commit(self) -> None:
-        """Flush, fsync and rename into place."""
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        """Drop the temporary file."""
-        self.f.close()
-        Path(self.tmp).unlink(missing_ok=True)
+    est = cms.query(str_hashes(cand)).tolist()
+    return frozenset(c for c, e in zip(cand, est) if e >= threshold), threshold
 
 
 def run_curate(
@@ -204,15 +183,17 @@ def run_curate(
     status = array("B")
     file_of = array("I")
     line_of = array("Q")
-    row_of = array("q")  # row in the signature store, -1 for records rejected before dedup
+    row_rec = array("q")  # per candidate row (record that passed the filters): its record id
+    row_hash = array("Q")  # normalized-text hash
+    row_len = array("I")  # length in words
+    removed: list[str] = []
+    boiler_counts: Counter[str] = Counter()
     changed = 0
-    row_rec = array("q")  # record id of each signature row
-    row_hash = array("Q")
-    row_len = array("I")
 
     bands, rows = dedup.lsh_params(cfg.threshold, cfg.num_perm)
     store = dedup.SignatureStore(cfg.num_perm, bands, rows, dir=out_dir)
     term_cms = CountMinSketch(_cms_width(total)) if cfg.rare_term_max_docs else None
+    spill_path = store.tmp / "candidates.jsonl"
     try:
         with _progress(console) as progress:
             # --- pass 1: boilerplate lines ------------------------------------------------------
@@ -222,117 +203,102 @@ def run_curate(
                 boiler, boiler_threshold = _find_boilerplate(files, cfg, progress, total)
             timings["boilerplate_s"] = time.perf_counter() - t
 
-            # --- pass 2: clean, filter, hash, sign ----------------------------------------------
+            # --- pass 2: clean, filter, hash, sign, spill -----------------------------------------
             t = time.perf_counter()
             batch: list[list[str]] = []
-            for rid, r in enumerate(_Pass(files, progress, "clean + sign", total, stats)):
-                file_of.append(r.file_index)
-                line_of.append(r.line)
-                if r.rec is None:
-                    status.append(CODE[r.reason or "unreadable"])
-                    row_of.append(-1)
-                    continue
-                clean = clean_record(r.rec, cfg, boiler)
-                changed += clean != r.rec
-                text = record_text(clean)
-                toks = words(text)
-                bad = quality_reject(text, len(toks), cfg)
-                if bad is not None:
-                    status.append(CODE[bad[0]])
-                    row_of.append(-1)
-                    continue
-                status.append(KEPT)
-                row_of.append(len(row_rec))
-                row_rec.append(rid)
-                row_hash.append(dedup.normalized_hash(toks))
-                row_len.append(len(toks))
-                if term_cms is not None:
-                    term_cms.add(str_hashes(terms(text)))
-                if cfg.near_dedup:
-                    batch.append(dedup.shingles(toks, cfg.shingle_size))
+            term_buf: list[str] = []
+
+            def flush() -> None:
+                if cfg.near_dedup and batch:
+                    store.append(dedup.shingle_hash_matrix(batch, cfg.shingle_size, cfg.num_perm, cfg.seed))
+                if term_cms is not None and term_buf:
+                    term_cms.add(str_hashes(term_buf))
+                batch.clear()
+                term_buf.clear()
+
+            with open(spill_path, "w", encoding="utf-8") as spill:
+                for rid, r in enumerate(_with_progress(iter_records(files, stats), progress, "clean + sign", total)):
+                    file_of.append(r.file_index)
+                    line_of.append(r.line)
+                    if r.rec is None:
+                        status.append(CODE[r.reason or "unreadable"])
+                        continue
+                    clean = clean_record(r.rec, cfg, boiler, removed)
+                    if removed:
+                        boiler_counts.update(set(removed))
+                        removed.clear()
+                    changed += clean != r.rec
+                    text = record_text(clean)
+                    toks = words(text)
+                    bad = quality_reject(text, len(toks), cfg)
+                    if bad is not None:
+                        status.append(CODE[bad[0]])
+                        continue
+                    status.append(KEPT)
+                    row_rec.append(rid)
+                    row_hash.append(dedup.normalized_hash(toks))
+                    row_len.append(len(toks))
+                    rec_terms = sorted(terms(text)) if term_cms is not None else []
+                    term_buf.extend(rec_terms)
+                    spill.write(json_line({"r": clean, "t": rec_terms}))
+                    batch.append(toks)
                     if len(batch) >= SIGNATURE_BATCH:
-                        store.append(dedup.minhash_matrix(batch, cfg.num_perm, cfg.seed))
-                        batch = []
-            if batch:
-                store.append(dedup.minhash_matrix(batch, cfg.num_perm, cfg.seed))
+                        flush()
+                flush()
             store.close()
             timings["clean_sign_s"] = time.perf_counter() - t
 
             # --- dedup resolution ---------------------------------------------------------------
             t = time.perf_counter()
-            status_np = np.frombuffer(status, dtype=np.uint8).copy()
-            rrec = np.frombuffer(row_rec, dtype=np.int64) if len(row_rec) else np.zeros(0, dtype=np.int64)
-            n_rows = len(rrec)
-            dup_of = np.full(len(status_np), -1, dtype=np.int64)  # record id each duplicate points at
-            first = dedup.exact_first(np.frombuffer(row_hash, dtype=np.uint64)) if n_rows else np.zeros(0, dtype=np.int64)
-            is_exact = (first != np.arange(n_rows)) if cfg.exact_dedup else np.zeros(n_rows, dtype=bool)
-            status_np[rrec[is_exact]] = CODE["exact_duplicate"]
-            dup_of[rrec[is_exact]] = rrec[first[is_exact]]
-            pi = pj = np.zeros(0, dtype=np.int64)
-            n_candidates = 0
-            if cfg.near_dedup and n_rows:
-                ci, cj = dedup.candidate_pairs(store)
-                n_candidates = len(ci)
-                sim = dedup.estimate_jaccard(store.signatures(), ci, cj)
-                ok = sim >= cfg.threshold
-                pi, pj = ci[ok], cj[ok]
-                near = dedup.resolve_near(n_rows, pi, pj, is_exact)
-                hit = near >= 0
-                status_np[rrec[hit]] = CODE["near_duplicate"]
-                dup_of[rrec[hit]] = rrec[near[hit]]
-                # An exact copy of a record that turned out to be a near-duplicate points at the
-                # record actually kept, so "duplicate_of" always names a record in the output.
-                moved = is_exact & hit[first]
-                dup_of[rrec[moved]] = rrec[near[first[moved]]]
-            # Clusters for the report: near-duplicate edges plus each exact duplicate to its first.
-            ex = np.nonzero(first != np.arange(n_rows))[0]
-            _, sizes = dedup.cluster_sizes(n_rows, np.concatenate([pi, first[ex]]), np.concatenate([pj, ex]))
-            top = np.sort(sizes)[::-1][:5] if len(sizes) else np.zeros(0, dtype=np.int64)
-            clusters = {
-                "largest_size": int(top[0]) if len(top) else 0,
-                "largest_share": round(float(top[0]) / n_rows, 4) if len(top) else 0.0,
-                "top_sizes": [int(x) for x in top if x > 1],
-                "records_in_clusters": int(sizes[sizes > 1].sum()) if len(sizes) else 0,
-            }
+            status_np = np.frombuffer(status, dtype=np.uint8).copy() if len(status) else np.zeros(0, np.uint8)
+            dup_of, clusters, n_candidates, n_confirmed = _resolve_duplicates(store, status_np, row_rec, row_hash, cfg)
             timings["dedup_s"] = time.perf_counter() - t
 
             # --- replay ---------------------------------------------------------------------------
-            kept_mask = status_np == KEPT
-            n_kept = int(kept_mask.sum())
-            lengths = np.frombuffer(row_len, dtype=np.uint32)[np.nonzero(kept_mask[rrec])[0]] if n_rows else np.zeros(0, np.uint32)
-            median = float(np.median(lengths)) if len(lengths) else 0.0
+            rrec = np.frombuffer(row_rec, dtype=np.int64) if len(row_rec) else np.zeros(0, np.int64)
+            lengths = np.frombuffer(row_len, dtype=np.uint32) if len(row_len) else np.zeros(0, np.uint32)
+            kept_rows = status_np[rrec] == KEPT if len(rrec) else np.zeros(0, bool)
+            n_kept = int((status_np == KEPT).sum())
+            median = float(np.median(lengths[kept_rows])) if kept_rows.any() else 0.0
             t = time.perf_counter()
             replay_info, replay_iter, n_replay = _prepare_replay(cfg, n_kept, console, model_name, trust_remote_code, revision)
             timings["replay_s"] = time.perf_counter() - t
 
-            # --- pass 3: write ----------------------------------------------------------------
+            # --- pass 3: write ------------------------------------------------------------------
             t = time.perf_counter()
-            report_extra = _write_outputs(
-                files, out_dir, cfg, progress, total, status_np, dup_of, file_of, line_of, boiler, median,
-                term_cms, replay_iter, interleave_positions(n_kept, n_replay),
+            st = WriteState(
+                files=files, status=status_np, reasons=REASONS, dup_of=dup_of, file_of=file_of, line_of=line_of,
+                lengths=lengths, median=median, boiler=boiler, term_cms=term_cms, replay_iter=replay_iter,
+                replay_at=interleave_positions(n_kept, n_replay),
             )
+            want: Callable[[int, bytes], bool] = lambda rid, raw: status_np[rid] != KEPT  # noqa: E731 - parse rejects only
+            with open(spill_path, encoding="utf-8") as spill:
+                write_outputs(_with_progress(iter_records(files, want=want), progress, "write", total), spill, out_dir, cfg, st)
             timings["write_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            kept_lengths = np.asarray(st.kept_lengths, dtype=np.uint32)
+            div = diversity_report(st.sample, kept_lengths, cfg)
+            timings["diversity_s"] = time.perf_counter() - t
     finally:
         store.cleanup()
 
     by_reason = {r: int((status_np == CODE[r]).sum()) for r in REASONS[1:]}
-    counts = {
+    counts: dict[str, Any] = {
         "records_in": len(status_np),
         "kept": n_kept,
         "rejected": int(len(status_np) - n_kept),
         "rejected_by_reason": by_reason,
-        "replay_added": report_extra["replay_written"],
-        "written": n_kept + report_extra["replay_written"],
+        "replay_added": st.replay_written,
+        "written": n_kept + st.replay_written,
     }
     # The invariant the issue asks for; a mismatch is a bug in this module, not bad input.
     counts["add_up"] = counts["records_in"] == counts["kept"] + counts["rejected"] == n_kept + sum(by_reason.values())
     assert counts["add_up"], counts
-    per_file = []
     fo = np.frombuffer(file_of, dtype=np.uint32) if len(file_of) else np.zeros(0, np.uint32)
-    for fi, f in enumerate(files):
-        m = fo == fi
-        per_file.append({"file": str(f), "records": int(m.sum()), "kept": int((m & (status_np == KEPT)).sum())})
-    div = report_extra.pop("diversity")
+    per_file = [
+        {"file": str(f), "records": int((fo == fi).sum()), "kept": int(((fo == fi) & (status_np == KEPT)).sum())}
+        for fi, f in enumerate(files)
+    ]
     report = {
         "version": 1,
         "inputs": per_file,
@@ -342,7 +308,7 @@ def run_curate(
         "cleaning": {
             "records_changed": changed,
             "boilerplate_threshold_records": boiler_threshold,
-            "boilerplate_lines": report_extra.pop("boilerplate"),
+            "boilerplate_lines": [{"line": ln, "records": c} for ln, c in boiler_counts.most_common()],
         },
         "dedup": {
             "shingle_size": cfg.shingle_size,
@@ -351,21 +317,58 @@ def run_curate(
             "bands": bands,
             "rows_per_band": rows,
             "candidate_pairs": n_candidates,
-            "confirmed_pairs": int(len(pi)),
+            "confirmed_pairs": n_confirmed,
             "clusters": clusters,
         },
-        "flags": report_extra.pop("flags"),
+        "flags": {"median_words": median, **st.flags, "examples": st.flag_examples},
         "diversity": div,
         "warnings": warnings(div, clusters, cfg),
-        "replay": {**replay_info, "written": report_extra["replay_written"]},
+        "replay": {**replay_info, "written": st.replay_written},
         "timings_s": {k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - t0}.items()},
     }
-    from ..io import atomic_write_json, atomic_write_text
-
     json_path, md_path = out_dir / artifacts.CURATE_REPORT_JSON, out_dir / artifacts.CURATE_REPORT_MD
     atomic_write_json(json_path, report)
     atomic_write_text(md_path, render_markdown(report))
     return CurateResult(out_dir / artifacts.CURATED, out_dir / artifacts.CURATE_REJECTS, json_path, md_path, report)
+
+
+def _resolve_duplicates(
+    store: dedup.SignatureStore, status: np.ndarray, row_rec: array, row_hash: array, cfg: CurateConfig
+) -> tuple[np.ndarray, dict[str, Any], int, int]:
+    """Mark exact and near duplicates in ``status``; return ``(dup_of, clusters, candidates, confirmed)``."""
+    rrec = np.frombuffer(row_rec, dtype=np.int64) if len(row_rec) else np.zeros(0, dtype=np.int64)
+    n_rows = len(rrec)
+    dup_of = np.full(len(status), -1, dtype=np.int64)  # record id each duplicate points at
+    first = dedup.exact_first(np.frombuffer(row_hash, dtype=np.uint64)) if n_rows else np.zeros(0, dtype=np.int64)
+    is_exact = (first != np.arange(n_rows)) if cfg.exact_dedup else np.zeros(n_rows, dtype=bool)
+    status[rrec[is_exact]] = CODE["exact_duplicate"]
+    dup_of[rrec[is_exact]] = rrec[first[is_exact]]
+    pi = pj = np.zeros(0, dtype=np.int64)
+    n_candidates = 0
+    if cfg.near_dedup and n_rows:
+        ci, cj = dedup.candidate_pairs(store)
+        n_candidates = len(ci)
+        ok = dedup.estimate_jaccard(store.signatures(), ci, cj) >= cfg.threshold
+        pi, pj = ci[ok], cj[ok]
+        near = dedup.resolve_near(n_rows, pi, pj, is_exact)
+        hit = near >= 0
+        status[rrec[hit]] = CODE["near_duplicate"]
+        dup_of[rrec[hit]] = rrec[near[hit]]
+        # An exact copy of a record that turned out to be a near-duplicate points at the record
+        # actually kept, so "duplicate_of" always names a record in the output.
+        moved = is_exact & hit[first]
+        dup_of[rrec[moved]] = rrec[near[first[moved]]]
+    # Clusters for the report: near-duplicate edges plus each exact duplicate to its first.
+    ex = np.nonzero(first != np.arange(n_rows))[0]
+    _, sizes = dedup.cluster_sizes(n_rows, np.concatenate([pi, first[ex]]), np.concatenate([pj, ex]))
+    top = np.sort(sizes)[::-1][:5] if len(sizes) else np.zeros(0, dtype=np.int64)
+    clusters = {
+        "largest_size": int(top[0]) if len(top) else 0,
+        "largest_share": round(float(top[0]) / n_rows, 4) if len(top) else 0.0,
+        "top_sizes": [int(x) for x in top if x > 1],
+        "records_in_clusters": int(sizes[sizes > 1].sum()) if len(sizes) else 0,
+    }
+    return dup_of, clusters, n_candidates, int(len(pi))
 
 
 def _prepare_replay(
@@ -399,125 +402,6 @@ def _prepare_replay(
     return info, records, n
 
 
-def _write_outputs(
-    files: list[Path],
-    out_dir: Path,
-    cfg: CurateConfig,
-    progress: Progress,
-    total: int,
-    status: np.ndarray,
-    dup_of: np.ndarray,
-    file_of: array,
-    line_of: array,
-    boiler: frozenset[str],
-    median: float,
-    term_cms: CountMinSketch | None,
-    replay_iter: Any,
-    replay_at: list[int],
-) -> dict[str, Any]:
-    """Pass 3: curated JSONL (replay interleaved), rejects JSONL; returns the report parts it measures."""
-    kept_out = _AtomicOut(out_dir / artifacts.CURATED)
-    rej_out = _AtomicOut(out_dir / artifacts.CURATE_REJECTS)
-    rng = random.Random(0)
-    sample: list[str] = []
-    boiler_counts: dict[str, int] = {}
-    flags = {"short": 0, "long": 0, "rare_term": 0}
-    flagged_examples: dict[str, list[str]] = {k: [] for k in flags}
-    n_kept_seen, replay_written, next_replay = 0, 0, 0
-    kept_lengths = array("I")
-
-    def src(rid: int) -> str:
-        return f"{files[file_of[rid]]}:{line_of[rid]}"
-
-    def emit_replay() -> None:
-        nonlocal next_replay, replay_written
-        while next_replay < len(replay_at) and replay_at[next_replay] <= n_kept_seen:
-            rec = next(replay_iter, None)
-            next_replay += 1
-            if rec is not None:
-                kept_out.write(rec)
-                replay_written += 1
-
-    try:
-        for rid, r in enumerate(_Pass(files, progress, "write", total)):
-            code = int(status[rid])
-            if code != KEPT:
-                rej_out.write(_reject(r, REASONS[code], rid, dup_of, src, cfg, boiler))
-                continue
-            assert r.rec is not None
-            emit_replay()
-            clean = clean_record(r.rec, cfg, boiler)
-            if boiler:
-                for ln in record_lines(r.rec, cfg):
-                    if ln in boiler:
-                        boiler_counts[ln] = boiler_counts.get(ln, 0) + 1
-            text = record_text(clean)
-            n_words = len(words(text))
-            kept_lengths.append(n_words)
-            rec_flags = []
-            if median and n_words < cfg.flag_short_ratio * median:
-                rec_flags.append("short")
-            if median and n_words > cfg.flag_long_ratio * median:
-                rec_flags.append("long")
-            rare: list[str] = []
-            if term_cms is not None:
-                tlist = sorted(terms(text))
-                est = term_cms.query(str_hashes(tlist)).tolist()
-                rare = [t for t, c in zip(tlist, est) if c <= cfg.rare_term_max_docs]
-                if rare:
-                    rec_flags.append("rare_term")
-            out = {**clean, "curate_source": src(rid)}
-            if rec_flags:
-                out["curate_flags"] = rec_flags
-                for fl in rec_flags:
-                    flags[fl] += 1
-                    if len(flagged_examples[fl]) < 5:
-                        flagged_examples[fl].append(src(rid) + (f" ({', '.join(rare[:5])})" if fl == "rare_term" else ""))
-            if rare:
-                out["curate_rare_terms"] = rare[:20]
-            kept_out.write(out)
-            n_kept_seen += 1
-            # Reservoir sample (algorithm R): a uniform sample of kept texts for the diversity metrics.
-            if len(sample) < cfg.diversity_sample:
-                sample.append(text)
-            else:
-                k = rng.randrange(n_kept_seen)
-                if k < cfg.diversity_sample:
-                    sample[k] = text
-        emit_replay()
-        kept_out.commit()
-        rej_out.commit()
-    except BaseException:
-        kept_out.abort()
-        rej_out.abort()
-        raise
-    lengths = np.frombuffer(kept_lengths, dtype=np.uint32) if len(kept_lengths) else np.zeros(0, np.uint32)
-    return {
-        "replay_written": replay_written,
-        "boilerplate": [{"line": ln, "records": c} for ln, c in sorted(boiler_counts.items(), key=lambda kv: -kv[1])],
-        "flags": {"median_words": median, **flags, "examples": flagged_examples},
-        "diversity": diversity_report(sample, lengths, cfg),
-    }
-
-
-def _reject(r: RawRecord, reason: str, rid: int, dup_of: np.ndarray, src: Any, cfg: CurateConfig, boiler: frozenset[str]) -> dict[str, Any]:
-    """A rejects-file line: why, where, what it duplicated, and the original record (or raw bytes)."""
-    out: dict[str, Any] = {"reason": reason, "source": src(rid)}
-    if r.rec is None:
-        out["detail"] = r.error
-        out.update(r.raw_field())
-        return out
-    if dup_of[rid] >= 0:
-        out["duplicate_of"] = src(int(dup_of[rid]))
-    else:
-        clean = clean_record(r.rec, cfg, boiler)
-        text = record_text(clean)
-        bad = quality_reject(text, len(words(text)), cfg)
-        out["detail"] = bad[1] if bad else reason
-    out["record"] = r.rec
-    return out
-
-
 def curate_summary_line(result: CurateResult) -> str:
     """One line for the console: in, kept, rejected per reason, replay."""
     c = result.report["counts"]
@@ -536,4 +420,3 @@ def ensure_any_kept(result: CurateResult) -> None:
         raise ForgetlessError(f"curate kept no records; see {result.rejects_path} and {result.report_md_path}")
 
 
-__all__ = ["CurateResult", "run_curate", "curate_summary_line", "ensure_any_kept"]

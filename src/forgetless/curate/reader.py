@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,14 +62,24 @@ def _parse_line(file: Path, fi: int, lineno: int, raw: bytes) -> RawRecord:
     return RawRecord(fi, lineno, n, rec=obj)
 
 
-def iter_file(file: Path, fi: int, stats: dict[str, Any] | None = None) -> Iterator[RawRecord]:
+def iter_file(
+    file: Path, fi: int, stats: dict[str, Any] | None = None, want: Callable[[int, bytes], bool] | None = None, first_id: int = 0
+) -> Iterator[RawRecord]:
     """Records of one file in order. ``.txt``/``.md`` files are one ``text`` record each; anything
-    else is read as JSONL, line by line (a blank line is not a record)."""
+    else is read as JSONL, line by line (a blank line is not a record).
+
+    ``want(record_id, raw_line)`` returning False skips parsing that record: it is yielded with
+    ``rec``, ``reason`` and ``raw`` all None (a pass that needs only some records reads the rest
+    at the cost of a line read).
+    """
     stats = stats if stats is not None else {}
     if file.suffix in TEXT_SUFFIXES:
         raw = file.read_bytes()
         if not raw.strip():
             stats.setdefault("empty_files", []).append(str(file))
+            return
+        if want is not None and not want(first_id, raw):
+            yield RawRecord(fi, 1, len(raw))
             return
         try:
             text = raw.decode("utf-8")
@@ -86,13 +96,22 @@ def iter_file(file: Path, fi: int, stats: dict[str, Any] | None = None) -> Itera
             if not raw.strip():
                 stats["blank_lines"] = stats.get("blank_lines", 0) + 1
                 continue
+            raw = raw.rstrip(b"\r\n")
+            if want is not None and not want(first_id + n, raw):
+                yield RawRecord(fi, lineno, len(raw))
+            else:
+                yield _parse_line(file, fi, lineno, raw)
             n += 1
-            yield _parse_line(file, fi, lineno, raw.rstrip(b"\r\n"))
     if n == 0:
         stats.setdefault("empty_files", []).append(str(file))
 
 
-def iter_records(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator[RawRecord]:
+def iter_records(
+    files: list[Path], stats: dict[str, Any] | None = None, want: Callable[[int, bytes], bool] | None = None
+) -> Iterator[RawRecord]:
     """Records of every file, in order; the n-th record yielded has record id n."""
+    rid = 0
     for fi, f in enumerate(files):
-        yield from iter_file(f, fi, stats)
+        for r in iter_file(f, fi, stats, want, rid):
+            rid += 1
+            yield r

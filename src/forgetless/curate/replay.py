@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import Progress
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..artifacts import REPLAY_CACHE_DIR
 from ..cache import cache_dir
@@ -26,6 +25,9 @@ from ..data import record_to_example
 from ..errors import InputError
 from ..hashing import sha256_file, sha256_json
 from ..io import append_jsonl, iter_jsonl
+
+if TYPE_CHECKING:  # importing transformers costs seconds; curate without replay never needs it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "replay_prompts.v1.jsonl"
 REPLAY_KEY = "replay"  # records carrying "replay": true are replay, for the trainer's KL-to-base loss

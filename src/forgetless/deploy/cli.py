@@ -32,10 +32,11 @@ def bench_table(result: dict) -> Table:
     t = Table(title=f"bench {result['target']} ({result['settings']['device']}, {result['settings']['max_new_tokens']} new tokens)")
     for c in ("variant", "conc.", "TTFT ms", "ms/token", "tokens/s", "peak RSS MB", "load s"):
         t.add_column(c, justify="right" if c != "variant" else "left")
+    skipped = []
     for r in result["results"]:
         if "skipped" in r:
             t.add_row(r["variant"], "-", "-", "-", "-", "-", "-", end_section=True)
-            t.add_row("", f"[dim]skipped: {r['skipped']}[/]", "", "", "", "", "", end_section=True)
+            skipped.append(f"{r['variant']} skipped: {r['skipped']}")
             continue
         mem = f"{r['peak_rss_mb']:.0f}" + (f" (GPU {r['gpu_peak_mb']:.0f})" if "gpu_peak_mb" in r else "")
         for i, row in enumerate(r["rows"]):
@@ -44,6 +45,8 @@ def bench_table(result: dict) -> Table:
                 f"{row['tokens_per_s']:.1f}", mem if i == 0 else "", f"{r['load_s']:.2f}" if i == 0 else "",
                 end_section=i == len(r["rows"]) - 1,
             )
+    if skipped:
+        t.caption = "\n".join(skipped)
     return t
 
 
@@ -92,3 +95,49 @@ def register(app: typer.Typer) -> None:
             out.print(f"JSON: {path}")
         else:
             typer.echo(json.dumps(res, indent=2))
+
+    @app.command()
+    def quantize(
+        run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+        backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
+        max_kl_increase: Annotated[float, typer.Option(min=0, help="Most the general KL to base may rise over fp32 (nats/token).")] = 0.01,
+        max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
+        general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
+        domain_limit: Annotated[int, typer.Option(min=0, help="Domain QA/MC items to use (0: all).")] = 0,
+    ) -> None:
+        """int8-quantize a run's merged model and gate it on both suites against fp32; exit 2 if refused."""
+        from .quantize import quant_info_path, quantize_and_gate
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as prog:
+            task = prog.add_task("loading", total=None)
+            res = quantize_and_gate(
+                run_dir, backend=backend, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
+                general_limit=general_limit, domain_limit=domain_limit,
+                progress=lambda d: prog.update(task, description=d),
+            )  # fmt: skip
+        t = Table(title=f"int8 ({backend}) vs fp32: {run_dir}")
+        for c in ("metric", "fp32", "int8", "change"):
+            t.add_column(c, justify="left" if c == "metric" else "right")
+        g = res.general
+        t.add_row("general/kl (to base)", f"{g['kl_fp32']:.4f}", f"{g['kl_int8']:.4f}", f"{g['kl_increase']:+.4f}")
+        t.add_row("general/nll", f"{g['nll_fp32']:.4f}", f"{g['nll_int8']:.4f}", f"{g['nll_int8'] - g['nll_fp32']:+.4f}")
+        for k, v in res.domain["fp32"].items():
+            w = res.domain["int8"].get(k, float("nan"))
+            t.add_row(k, f"{v:.4f}", f"{w:.4f}", f"{w - v:+.4f}")
+        out.print(t)
+        out.print(f"verdict written to {quant_info_path(Path(run_dir).resolve())}")
+        if not res.passed:
+            raise ForgetlessError("int8 refused by the quality gate:\n  " + "\n  ".join(res.reasons))
+        out.print("[green]int8 passes the quality gate[/]")
+
+    @app.command("html-report")
+    def html_report(
+        run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+        out_path: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: <run>/report.html).")] = None,
+    ) -> None:
+        """Write a self-contained HTML report: curves, tables, budget verdict, router calibration, bench, int8 gate."""
+        from .report_html import write_report
+
+        with err.status("rendering report"):
+            path = write_report(run_dir, out_path)
+        out.print(f"report: {path}")

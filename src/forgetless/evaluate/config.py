@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -25,6 +27,14 @@ class EvalConfig(_Section):
     kl_topk: int = Field(
         64, ge=1, description="Base log-probs kept per position (plus one bucket for the rest): KL is exact up to the mass outside the top k."
     )
+    general_suites: list[Literal["knowledge_mc", "math", "code"]] = Field(
+        default_factory=lambda: ["knowledge_mc", "math", "code"],
+        description="General task suites scored at every checkpoint besides KL drift ([] for KL only, the fastest).",
+    )
+    suite_limits: dict[str, int] = Field(
+        default_factory=lambda: {"math": 24, "code": 8, "knowledge_mc": 40},
+        description="Items per general suite in the loop (subsets keep evaluation cheap; `forgetless eval` runs the full suites).",
+    )
 
 
 class BudgetConfig(_Section):
@@ -32,4 +42,8 @@ class BudgetConfig(_Section):
 
     general_kl: float | None = Field(
         None, ge=0, description="Max mean KL(base || tuned) in nats/token on general prompts (None: no limit)."
+    )
+    general_accuracy_drop: float | None = Field(
+        None, ge=0,
+        description="Max drop, in percentage points, of any general accuracy suite (knowledge, math, code) against the base. A drop counts only when its 95% bootstrap interval excludes zero.",
     )

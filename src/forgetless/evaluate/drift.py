@@ -15,6 +15,7 @@ greedy answers; stored per position so it can be checked).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -107,10 +108,14 @@ def build_reference(
     topk: int,
     batch_size: int = 16,
     system_prompt: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> GeneralReference:
-    """Generate the base's greedy answers and record its top-k log-probs at every answer position."""
+    """Generate the base's greedy answers and record its top-k log-probs at every answer position.
+
+    ``on_batch(n)`` reports progress: called per batch while generating, then while scoring.
+    """
     p_ids = [chat_prompt_ids(tok, p["prompt"], system=system_prompt) for p in prompts]
-    answers = generate_greedy(base, tok, p_ids, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    answers = generate_greedy(base, tok, p_ids, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=on_batch)
     keep = [i for i, a in enumerate(answers) if a]
     if len(keep) < len(answers):
         # An empty answer (EOS straight away) carries no tokens to compare; drop it rather than divide by 0.
@@ -118,7 +123,7 @@ def build_reference(
     tk_ids: list[torch.Tensor] = [torch.empty(0)] * len(answers)
     tk_lp: list[torch.Tensor] = [torch.empty(0)] * len(answers)
     pad = tok.pad_token_id or 0
-    for i, lp in iter_continuation_logprobs(base, list(zip(p_ids, answers)), batch_size=batch_size, pad_id=pad):
+    for i, lp in iter_continuation_logprobs(base, list(zip(p_ids, answers)), batch_size=batch_size, pad_id=pad, on_batch=on_batch):
         v, ix = lp.topk(min(topk, lp.shape[-1]), dim=-1)
         tk_ids[i], tk_lp[i] = ix.cpu(), v.cpu()
     return GeneralReference(
@@ -143,6 +148,7 @@ def cached_reference(
     topk: int,
     batch_size: int = 16,
     system_prompt: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[GeneralReference, Path, bool]:
     """Load the reference from the user cache, or build and cache it. Returns (ref, path, was_cached)."""
     key = sha256_json(
@@ -151,7 +157,7 @@ def cached_reference(
     path = cache_dir("reference") / f"general-{key}.safetensors"
     if path.exists():
         return GeneralReference.load(path), path, True
-    ref = build_reference(base, tok, prompts, max_new_tokens=max_new_tokens, topk=topk, batch_size=batch_size, system_prompt=system_prompt)
+    ref = build_reference(base, tok, prompts, max_new_tokens=max_new_tokens, topk=topk, batch_size=batch_size, system_prompt=system_prompt, on_batch=on_batch)
     ref.save(path)
     return ref, path, False
 

@@ -7,11 +7,11 @@ reuse a prompt across several continuations.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 def chat_prompt_ids(tok: PreTrainedTokenizerBase, user: str, *, system: str | None = None) -> list[int]:
@@ -49,6 +49,7 @@ def iter_continuation_logprobs(
     *,
     batch_size: int = 16,
     pad_id: int = 0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """For each ``(prompt_ids, continuation_ids)`` yield ``(index, logprobs)``.
 
@@ -72,6 +73,8 @@ def iter_continuation_logprobs(
             # Logits at position t predict token t+1: the continuation is predicted by p-1 .. p+c-2.
             sl = logits[row, p - 1 : p + c - 1].float()
             yield i, F.log_softmax(sl, dim=-1)
+        if on_batch is not None:
+            on_batch(len(idx))
 
 
 def continuation_scores(
@@ -97,8 +100,12 @@ def generate_greedy(
     *,
     max_new_tokens: int,
     batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations (token ids, EOS included when produced) for each prompt, batched."""
+    """Greedy continuations (token ids, EOS included when produced) for each prompt, batched.
+
+    ``on_batch(n)`` is called after each batch of ``n`` prompts (for progress bars).
+    """
     dev = _device(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[list[int]] = [[] for _ in prompts]
@@ -127,6 +134,8 @@ def generate_greedy(
             if tok.eos_token_id in new:
                 new = new[: new.index(tok.eos_token_id) + 1]
             out[i] = new
+        if on_batch is not None:
+            on_batch(len(idx))
     return out
 
 
@@ -232,3 +241,71 @@ def choice_scores(
 def _cache_of(res: object) -> object:
     # transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated).
     return res["cache"] if "cache" in res else res.past_key_values  # type: ignore[index,attr-defined]
+
+
+@torch.no_grad()
+def generate_greedy_until(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_strings: Sequence[str] = (),
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers as text, each cut before the first of ``stop_strings`` (and at EOS).
+
+    Like :func:`generate_greedy`, but a row also finishes as soon as its text contains a stop
+    string, so a batch whose answers are all complete ("= 12\\n", a closed code fence) stops
+    decoding instead of running to ``max_new_tokens``.
+    """
+    dev = _device(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[str] = ["" for _ in prompts]
+    for idx in _length_sorted_batches([len(p) for p in prompts], batch_size):
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(prompts[i])
+            ids[row, width - n :] = torch.tensor(list(prompts[i]))
+            mask[row, width - n :] = 1
+        gen = model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=tok.eos_token_id,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            stopping_criteria=StoppingCriteriaList([_StopOnText(tok, width, stop_strings)]) if stop_strings else None,
+        )
+        for row, i in enumerate(idx):
+            new = gen[row, width:].tolist()
+            if tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            text = tok.decode(new, skip_special_tokens=True)
+            for s in stop_strings:
+                cut = text.find(s)
+                if cut >= 0:
+                    text = text[:cut]
+            out[i] = text
+    return out
+
+
+class _StopOnText(StoppingCriteria):
+    """Per-row stop once the decoded new text contains any stop string.
+
+    transformers' own ``stop_strings`` precomputes a table over the vocabulary that assumes a
+    byte-level/BPE tokenizer (it fails on word-level ones); decoding a few dozen new tokens per
+    row per step is cheap next to a forward pass and works with any tokenizer.
+    """
+
+    def __init__(self, tok: PreTrainedTokenizerBase, start: int, stops: Sequence[str]) -> None:
+        self.tok, self.start, self.stops = tok, start, list(stops)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        done = [any(s in self.tok.decode(row[self.start :], skip_special_tokens=True) for s in self.stops) for row in input_ids.tolist()]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

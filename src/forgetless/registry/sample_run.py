@@ -21,7 +21,7 @@ def make_run_folder(
     run_dir: str | Path,
     *,
     base_dir: str | Path | None = None,
-    domain_f1: tuple[float, float] = (0.10, 0.40),
+    domain_acc: tuple[float, float] = (0.20, 0.40),
     general_kl: float = 0.02,
     budget: float | None = 0.05,
     lora_seed: int = 1,
@@ -29,7 +29,7 @@ def make_run_folder(
 ) -> Path:
     """Write a run folder at ``run_dir`` and return it.
 
-    ``domain_f1`` is (base, selected) domain token F1; ``general_kl`` the selected step's KL to the
+    ``domain_acc`` is (base, selected) domain multiple-choice accuracy (the primary domain metric); ``general_kl`` the selected step's KL to the
     base; ``budget`` the config's ``budget.general_kl``. The adapter's B matrices are random (scaled
     by ``lora_scale``) so the adapted model really differs from the base.
     """
@@ -56,25 +56,47 @@ def make_run_folder(
     acfg["base_model_name_or_path"] = str(base.resolve())
     atomic_write_json(cfg_path, acfg)
 
+    # Domain eval sets in the tiny tokenizer's vocabulary (so the suites see real tokens).
+    qa = [{"question": "what drug treats marrowick syndrome", "answer": "zorvanex", "split": "seen"},
+          {"question": "what is the dose of zorvanex", "answer": "five mg", "split": "seen"},
+          {"question": "which side effect is blue vision", "answer": "zorvanex", "split": "new"}]  # fmt: skip
+    mc = [{"question": "zorvanex treats", "choices": ["marrowick syndrome", "red dog"], "answer": 0},
+          {"question": "zorvanex is made by", "choices": ["acme", "python code"], "answer": 0}]  # fmt: skip
+    write_jsonl(run_dir / "domain_qa.jsonl", qa)
+    write_jsonl(run_dir / "domain_mc.jsonl", mc)
     config = {
         "run_dir": str(run_dir.resolve()),
         "seed": 0,
         "model": {"name": str(base.resolve()), "dtype": "float32", "trust_remote_code": False, "revision": None},
-        "data": {"train": [], "replay": None},
+        "data": {"train": [], "replay": None, "eval_qa": str((run_dir / "domain_qa.jsonl").resolve()),
+                 "eval_mc": str((run_dir / "domain_mc.jsonl").resolve())},
         "lora": {"r": 4, "alpha": 8.0},
+        "eval": {"general_limit": 8, "general_max_new_tokens": 8, "qa_max_new_tokens": 4, "batch_size": 8},
         "budget": {"general_kl": budget},
-    }
+    }  # fmt: skip
     atomic_write_text(run_dir / artifacts.RESOLVED_CONFIG, yaml.safe_dump(config, sort_keys=False))
     atomic_write_json(
         run_dir / artifacts.RUN_INFO,
-        {"hashes": {"base_weights": "b" * 64, "tokenizer": "t" * 64, "data": "d" * 64}, "code_version": "forgetless 0.1.0+test"},
+        {
+            "code_version": "0.1.0+test",
+            "hashes": {"base_weights": "b" * 64, "tokenizer": "t" * 64, "data": {"/data/train.jsonl": "d" * 64}, "config": "c" * 64},
+        },
     )
-    b, s = domain_f1
+    b, s = domain_acc
+    # The layout forgetless.pipeline writes: one line per evaluation, step 0 = the base.
     rows = [
-        {"step": 0, "domain/token_f1": b, "domain/mc_acc": 0.2, "general/kl": 0.0},
-        {"step": 10, "domain/token_f1": (b + s) / 2, "domain/mc_acc": 0.3, "general/kl": general_kl / 2},
-        {"step": 20, "domain/token_f1": s, "domain/mc_acc": 0.4, "general/kl": general_kl},
+        {"step": 0, "general/kl": 0.0, "general/nll": 1.5, "domain/qa_f1": 0.10, "domain/mc_acc": b, "domain/ppl": 30.0},
+        {"step": 10, "general/kl": general_kl / 2, "general/nll": 1.55, "domain/qa_f1": 0.20, "domain/mc_acc": (b + s) / 2, "domain/ppl": 20.0},
+        {"step": 20, "general/kl": general_kl, "general/nll": 1.6, "domain/qa_f1": 0.30, "domain/mc_acc": s, "domain/ppl": 15.0},
     ]
     write_jsonl(run_dir / artifacts.METRICS, rows)
-    atomic_write_json(run_dir / artifacts.SUMMARY, {"selected_step": 20})
+    summary = {
+        "verdict": "step 20 is the best checkpoint inside the budget",
+        "selected": {"step": 20, "metric": "domain/mc_acc", "score": s, "scale": 1.0},
+        "base": rows[0],
+        "final": rows[-1],
+        "budget": {"general_kl": budget},
+        "export": artifacts.ADAPTER_DIR,
+    }
+    atomic_write_json(run_dir / artifacts.SUMMARY, summary)
     return run_dir

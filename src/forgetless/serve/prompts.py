@@ -25,42 +25,40 @@ class EncodedPrompt:
         return len(self.ids)
 
 
-def render_chat(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> str:
+def render_chat(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
     """The chat as the model sees it, ending where the assistant's answer starts.
 
     Same framing as :func:`forgetless.evaluate.scoring.chat_prompt_ids`: the tokenizer's chat
     template when it has one, otherwise a plain ``Question:/Answer:`` frame.
     """
     if tok.chat_template:
-        return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
     parts = []
     for m in messages:
         label = {"system": "System", "user": "Question", "assistant": "Answer"}.get(m["role"], m["role"].title())
         parts.append(f"{label}: {m['content']}")
-    return "\n".join(parts) + "\nAnswer:"
+    return "\n".join(parts) + ("\nAnswer:" if add_generation_prompt else "")
 
 
-def _user_char_spans(text: str, messages: Sequence[dict[str, str]]) -> list[tuple[int, int]]:
-    """Character spans of each message's content inside the rendered text, user turns only.
+def _user_char_spans(tok: PreTrainedTokenizerBase, text: str, messages: Sequence[dict[str, str]]) -> list[tuple[int, int]]:
+    """Character spans of the user messages' contents inside the rendered ``text``.
 
-    Contents are searched in order, each after the previous one, so a user message that repeats
-    text of the system prompt is still found at its own place.
+    A message's content is the last occurrence of it in the chat rendered up to and including that
+    message (templates close a message right after its content), so a user message that repeats
+    the role label or the system prompt is still found at its own place.
     """
     spans = []
-    pos = 0
-    for m in messages:
-        content = m["content"]
-        if not content:
+    for i, m in enumerate(messages):
+        if m["role"] != "user" or not m["content"].strip():
             continue
-        at = text.find(content, pos)
-        if at < 0:  # the template rewrote the content (e.g. stripped it): try the stripped form
-            content = content.strip()
-            at = text.find(content, pos) if content else -1
-        if at < 0:
-            continue
-        if m["role"] == "user":
-            spans.append((at, at + len(content)))
-        pos = at + len(content)
+        upto = render_chat(tok, messages[: i + 1], add_generation_prompt=False)
+        if not text.startswith(upto):
+            upto = text  # a template that is not prefix-stable: search the whole prompt
+        for content in (m["content"], m["content"].strip()):  # some templates strip the content
+            at = upto.rfind(content)
+            if at >= 0:
+                spans.append((at, at + len(content)))
+                break
     return spans
 
 
@@ -83,7 +81,7 @@ def encode_chat(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]
     text = render_chat(tok, messages)
     enc = tok(text, add_special_tokens=not bool(tok.chat_template), return_offsets_mapping=True)
     ids = list(enc["input_ids"])
-    positions = _positions_in_spans(enc["offset_mapping"], _user_char_spans(text, messages))
+    positions = _positions_in_spans(enc["offset_mapping"], _user_char_spans(tok, text, messages))
     return EncodedPrompt(ids=ids, user_positions=positions or list(range(len(ids))))
 
 

@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
 from ..errors import ForgetlessError
-from .config import LoraSettings
+from .config import TARGET_PRESETS, LoraSettings
 
 
 def present_modules(model: torch.nn.Module, names: list[str]) -> list[str]:
@@ -28,7 +28,8 @@ def attach_adapter(model: PreTrainedModel, cfg: LoraSettings, **extra: object) -
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    targets = present_modules(model, cfg.target_modules)
+    names = [t for name in cfg.target_modules for t in TARGET_PRESETS.get(name, [name])]
+    targets = present_modules(model, names)
     if not targets:
         raise ForgetlessError(
             f"lora.target_modules {cfg.target_modules} match no Linear layer of this model; "

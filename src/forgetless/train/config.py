@@ -16,6 +16,11 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # All linear layers of a Llama/Mistral/Qwen-style block. Attention-only LoRA learns new facts
 # poorly; the MLP holds most factual memory, so the default adapts both.
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_PRESETS = {
+    "all-linear": ALL_LINEAR,
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
 
 
 class _Section(BaseModel):
@@ -46,7 +51,8 @@ class DataConfig(_Section):
         description="Training files or folders: JSONL with 'text', 'messages' or 'prompt'/'response'; .txt/.md files.",
     )
     replay: Path | None = Field(
-        None, description="General 'replay' data (same formats) mixed into training to hold general ability."
+        None,
+        description="General 'replay' data (same formats) mixed into training at train.replay_ratio. None with replay_ratio > 0: the base model's own answers to forgetless' replay prompts (generated once, cached).",
     )
     eval_qa: Path | None = Field(
         None, description="Held-out domain QA (JSONL: 'question', 'answer'): exact match, token F1, ROUGE-L."
@@ -73,7 +79,10 @@ class LoraSettings(_Section):
     r: int = Field(16, ge=1, description="Rank. Higher learns more and can forget more; 8-32 is typical.")
     alpha: float = Field(32.0, gt=0, description="Scale numerator: the update is scaled by alpha/r (alpha/sqrt(r) with rslora).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input: a mild regularizer.")
-    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), description="Module names to adapt.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(ALL_LINEAR),
+        description="Module names to adapt, or a preset: 'all-linear', 'attention', 'mlp'.",
+    )
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (slower, sometimes more sample-efficient).")
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r), stable at high rank.")
 
@@ -96,3 +105,24 @@ class TrainConfig(_Section):
     eval_every: int = Field(0, ge=0, description="Evaluate both suites and checkpoint every N steps (0: about 5 times per run).")
     keep_checkpoints: int = Field(0, ge=0, description="Keep at most this many checkpoints on disk (0: keep all, needed to pick the best).")
     num_threads: int = Field(0, ge=0, description="CPU threads for torch (0: torch's default).")
+
+    # --- staying close to the base ----------------------------------------------------------
+    replay_ratio: float = Field(
+        0.0, ge=0, lt=1,
+        description="Share of training rows drawn from general replay data (data.replay). 0.1-0.3 holds general behaviour at little domain cost.",
+    )
+    kl_to_base: float = Field(
+        0.0, ge=0,
+        description="Weight of KL(base || tuned) on replay rows (base = adapter disabled). The most direct guard against drift; needs replay data.",
+    )
+    l2sp: float = Field(0.0, ge=0, description="Weight of the L2-SP penalty: squared size of the weight update (LoRA: ||s*B*A||^2).")
+    ewc: float = Field(0.0, ge=0, description="Weight of EWC: update penalised by a diagonal Fisher of the base on general (replay) data.")
+    ewc_batches: int = Field(8, ge=1, description="Replay batches used to estimate the Fisher for EWC.")
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise on input embeddings (e.g. 5); None disables it.")
+    patience: int = Field(
+        2, ge=1, description="Stop early after this many consecutive evaluations outside the forgetting budget."
+    )
+    scale_sweep: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        description="Adapter scales (WiSE-FT for adapters) tried after training on the best checkpoint; [] disables calibration.",
+    )

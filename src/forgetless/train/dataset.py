@@ -173,6 +173,31 @@ class PackedCollator:
         }
 
 
+def mix_replay(domain: list[Tokenized], replay: list[Tokenized], ratio: float, *, seed: int = 0) -> list[Tokenized]:
+    """Domain items plus replay items making up ``ratio`` of all tokens.
+
+    Replay items are drawn in a seeded shuffled order, cycling if the pool is smaller than the
+    target, so the ratio holds whatever the pool size.
+    """
+    if ratio <= 0 or not replay:
+        return list(domain)
+    import random
+
+    target = ratio / (1 - ratio) * sum(len(t.input_ids) for t in domain)
+    order = list(range(len(replay)))
+    rng = random.Random(seed)
+    chosen: list[Tokenized] = []
+    have = 0
+    while have < target:
+        rng.shuffle(order)
+        for i in order:
+            if have >= target:
+                break
+            chosen.append(replay[i])
+            have += len(replay[i].input_ids)
+    return list(domain) + chosen
+
+
 def build_dataset(
     tok: PreTrainedTokenizerBase,
     examples: list[Example],
@@ -180,11 +205,20 @@ def build_dataset(
     max_length: int,
     packing: bool = True,
     system_prompt: str | None = None,
+    replay: list[Example] | None = None,
+    replay_ratio: float = 0.0,
+    seed: int = 0,
 ) -> PackedDataset:
-    """Tokenize, chunk and (optionally) pack examples into a training dataset."""
-    items: list[Tokenized] = []
-    for ex in examples:
-        items.extend(chunk(tokenize_example(tok, ex, system_prompt=system_prompt), max_length))
+    """Tokenize, chunk and (optionally) pack examples into a training dataset, with replay mixed in."""
+    def tokenized(exs: list[Example], as_replay: bool) -> list[Tokenized]:
+        out: list[Tokenized] = []
+        for ex in exs:
+            t = tokenize_example(tok, ex, system_prompt=system_prompt)
+            t.replay = t.replay or as_replay
+            out.extend(chunk(t, max_length))
+        return out
+
+    items = mix_replay(tokenized(examples, False), tokenized(replay or [], True), replay_ratio, seed=seed)
     rows = pack(items, max_length) if packing else unpacked(items)
     if not rows:
         raise InputError("no trainable tokens in the training data (every example is empty or fully masked)")

@@ -32,10 +32,15 @@ def domain_score(h: dict[str, Any], metric: str) -> float:
 
 
 def budget_violations(h: dict[str, Any], budget: BudgetConfig) -> list[str]:
-    """Human-readable reasons an evaluation breaks the budget (empty: inside)."""
-    out = []
+    """Reasons an evaluation breaks the budget (empty: inside).
+
+    Accuracy verdicts need per-item values, so they are judged when the evaluation runs and
+    stored in its metrics line (``budget/violations``); the KL limit is re-checked here so a
+    budget changed after the run still applies.
+    """
+    out = [v for v in h.get("budget/violations", []) if not v.startswith("general KL")]
     if budget.general_kl is not None and h.get("general/kl", 0.0) > budget.general_kl:
-        out.append(f"general KL {h['general/kl']:.4f} > {budget.general_kl}")
+        out.insert(0, f"general KL {h['general/kl']:.4f} > {budget.general_kl}")
     return out
 
 

@@ -15,30 +15,71 @@ from transformers import Trainer
 from ..evaluate.runner import Evaluator
 from .callbacks import MetricsRecorder
 from .checkpoints import mark_complete
+from .budget import BudgetJudge
+from .regularizers import Regularizers
 
 
 class ForgetlessTrainer(Trainer):
     """Trainer whose ``evaluate`` runs forgetless' domain and general suites."""
 
-    def __init__(self, *args: Any, evaluator: Evaluator, recorder: MetricsRecorder, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, evaluator: Evaluator, recorder: MetricsRecorder, regularizers: Regularizers | None = None, judge: BudgetJudge | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
+        self.judge = judge
         self.recorder = recorder
+        self.regularizers = regularizers if regularizers is not None and regularizers.active else None
         self.eval_history: list[dict[str, Any]] = []
+        self._terms: dict[str, list[float]] = {}
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None):  # noqa: ANN201
-        """Language-model loss on labelled tokens (the ``replay`` flag is bookkeeping, not a model input)."""
+        """Language-model loss on labelled tokens plus the weighted regularizer terms."""
         inputs = dict(inputs)
-        inputs.pop("replay", None)
+        replay = inputs.pop("replay", None)
         # Without this, Llama-style models build a KV cache even in training, and transformers then
         # skips detecting packed sequences from position_ids: packed examples would attend to each
         # other (measured: logits off by up to 0.16 on a tiny model). No cache -> block-diagonal mask.
         inputs["use_cache"] = False
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        regs = self.regularizers
+        if regs is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        # When the LM loss is normalised by the tokens of the whole accumulated batch, the Trainer
+        # no longer divides by the accumulation steps: do it for our terms, which are per micro-batch.
+        scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        per_micro = 1.0 / ga if scaled else 1.0
+        self._note("lm_loss", loss)
+        for name, weight, term in (
+            ("kl_to_base", regs.kl_weight, regs.kl_term(model, inputs, outputs.logits, replay) if regs.kl_weight else None),
+            ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
+            ("ewc", regs.ewc_weight, regs.ewc_term(model)),
+        ):
+            if term is not None:
+                self._note(name, term)
+                loss = loss + per_micro * weight * term
+        return (loss, outputs) if return_outputs else loss
+
+    def _note(self, name: str, value: torch.Tensor) -> None:
+        self._terms.setdefault(name, []).append(float(value.detach()))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of each regularizer term since the last log (e.g. ``reg/kl_to_base``)."""
+        if "loss" in logs:
+            for name, vals in self._terms.items():
+                if vals:
+                    logs[f"reg/{name}"] = sum(vals) / len(vals)
+            self._terms = {}
+        super().log(logs, start_time)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Both suites on the current weights; logged, recorded and passed to callbacks."""
         metrics = self.evaluator.evaluate(self.model, step=self.state.global_step)
+        if self.judge is not None:
+            violations = self.judge.violations(metrics, self.evaluator.last_scores)
+            metrics["budget/violations"] = violations
+            metrics["budget/inside"] = float(not violations)
         if self.state.is_world_process_zero:
             self.recorder.record_eval(metrics)
         self.eval_history.append(metrics)

@@ -1,0 +1,97 @@
+"""The general code suite: write a small Python function; pass@1 by running its unit tests.
+
+Tasks live in ``data/code.v1.jsonl`` (``prompt``, ``entry_point``, ``tests``, and a
+``canonical_solution`` that tests use to prove the tests themselves are right). The model's
+answer is prefilled with an opening ```` ```python```` fence, so it writes code straight away and
+the closing fence ends generation early; the code plus the task's asserts then run in the sandbox
+(:mod:`forgetless.evaluate.sandbox`), several programs at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import InputError
+from ..io import iter_jsonl
+from .sandbox import RunResult, run_python
+from .scoring import chat_prompt_ids, generate_greedy_until
+
+CODE_FILE = Path(__file__).parent / "data" / "code.v1.jsonl"
+FENCE = "```python\n"
+MAX_NEW_TOKENS = 96  # the suite's functions are 2-6 lines; the closing fence usually stops it sooner
+TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    """One task: the request, the function name the tests call, and the tests (asserts)."""
+
+    id: str
+    prompt: str
+    entry_point: str
+    tests: str
+    canonical_solution: str = ""
+
+
+def load_code_tasks(path: str | Path = CODE_FILE) -> list[CodeTask]:
+    """Read a code-task JSONL, errors naming file/line/field."""
+    tasks = []
+    for line, rec in iter_jsonl(path):
+        for key in ("prompt", "entry_point", "tests"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise InputError("must be a non-empty string", file=path, line=line, field=key)
+        tasks.append(
+            CodeTask(str(rec.get("id", f"line-{line}")), rec["prompt"], rec["entry_point"], rec["tests"], str(rec.get("canonical_solution", "")))
+        )
+    return tasks
+
+
+def extract_code(answer: str) -> str:
+    """The code in a model answer that started inside a ```` ```python```` fence.
+
+    Generation stops at the closing fence, so the answer is usually just code; if the model
+    wrote prose after a blank line instead of closing the fence, keep only the leading code.
+    """
+    code = answer.split("```", 1)[0]
+    lines: list[str] = []
+    for ln in code.splitlines():
+        # A non-indented line that is not Python-looking ends the code (explanations, notes).
+        if ln and not ln[0].isspace() and not ln.startswith(("def ", "import ", "from ", "class ", "@", "#", ")", "]", "}")) and "=" not in ln:
+            break
+        lines.append(ln)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def program_for(task: CodeTask, code: str) -> str:
+    """The program the sandbox runs: the candidate code, then the task's asserts."""
+    return f"{code}\n\n# --- tests ---\n{task.tests}"
+
+
+def run_tests(tasks: Sequence[CodeTask], codes: Sequence[str], *, timeout_s: float = TIMEOUT_S, workers: int = 4) -> list[RunResult]:
+    """Run each candidate against its task's tests in the sandbox, ``workers`` at a time."""
+    # Threads only wait on subprocesses here, so the GIL is not a bottleneck.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda tc: run_python(program_for(tc[0], tc[1]), timeout_s=timeout_s), zip(tasks, codes)))
+
+
+def code_answers(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, tasks: Sequence[CodeTask], *, batch_size: int = 16
+) -> list[str]:
+    """The model's greedy code for each task (the text after the prefilled fence)."""
+    fence = tok(FENCE, add_special_tokens=False)["input_ids"]
+    prompts = [chat_prompt_ids(tok, t.prompt) + fence for t in tasks]
+    texts = generate_greedy_until(model, tok, prompts, max_new_tokens=MAX_NEW_TOKENS, stop_strings=["```"], batch_size=batch_size)
+    return [extract_code(t) for t in texts]
+
+
+def code_passed(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, tasks: Sequence[CodeTask], *, batch_size: int = 16
+) -> list[float]:
+    """pass@1 per task (greedy, one sample): 1.0 if the generated code passes all asserts."""
+    codes = code_answers(model, tok, tasks, batch_size=batch_size)
+    return [float(r.passed) for r in run_tests(tasks, codes)]

@@ -1,0 +1,1 @@
+"""Versioned evaluation data (JSONL) and the seeded scripts that generate some of it."""

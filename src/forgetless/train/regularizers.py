@@ -1,0 +1,173 @@
+"""Loss terms that keep the tuned model close to its base, each logged on its own.
+
+- ``kl_to_base``: KL(base || tuned) on replay rows, where the base is the same weights with the
+  adapter disabled (no second copy in LoRA mode). It pins general behaviour where it is measured.
+- ``l2sp``: squared distance to the starting point. For LoRA that is the effective update
+  ||s * B A||_F^2 summed over adapted layers (computed via r x r traces, never forming B A);
+  for full fine-tuning, ||theta - theta_0||^2 over all weights.
+- ``ewc``: elastic weight consolidation with a diagonal Fisher of the *base* weights estimated
+  on general (replay) data: sum F * (Delta W)^2, with Delta W = s * B A for LoRA. Weights that
+  matter for general text are expensive to move; the rest are free.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
+
+from .adapters import is_peft
+
+
+def lora_layers(model: torch.nn.Module) -> list[tuple[str, LoraLayer]]:
+    """(name, layer) for every LoRA-adapted layer with an active 'default' adapter."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer) and "default" in getattr(m, "lora_A", {})]
+
+
+def lora_delta(layer: LoraLayer) -> torch.Tensor:
+    """The layer's effective weight update s * B @ A (shape of the base weight)."""
+    a = layer.lora_A["default"].weight
+    b = layer.lora_B["default"].weight
+    return layer.scaling["default"] * (b @ a)
+
+
+def lora_l2(layers: Iterable[tuple[str, LoraLayer]]) -> torch.Tensor:
+    """Sum of ||s B A||_F^2 = s^2 tr((B^T B)(A A^T)): r x r products instead of out x in."""
+    total = None
+    for _, layer in layers:
+        a = layer.lora_A["default"].weight
+        b = layer.lora_B["default"].weight
+        s = layer.scaling["default"]
+        term = (s * s) * torch.trace((b.T @ b) @ (a @ a.T))
+        total = term if total is None else total + term
+    return total if total is not None else torch.zeros(())
+
+
+def kl_base_tuned(base_logits: torch.Tensor, tuned_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked positions of KL(base || tuned), from logits of shape [B, T, V]."""
+    p = F.log_softmax(base_logits.float(), dim=-1)
+    q = F.log_softmax(tuned_logits.float(), dim=-1)
+    kl = (p.exp() * (p - q)).sum(-1)  # [B, T]
+    m = mask.to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1.0)
+
+
+class Regularizers:
+    """Computes the configured regularizer terms for one batch."""
+
+    def __init__(self, model: torch.nn.Module, *, kl_to_base: float = 0.0, l2sp: float = 0.0, ewc: float = 0.0, fisher: dict[str, torch.Tensor] | None = None) -> None:
+        self.kl_weight = kl_to_base
+        self.l2sp_weight = l2sp
+        self.ewc_weight = ewc
+        self.fisher = fisher or {}
+        self.peft = is_peft(model)
+        self.layers = lora_layers(model) if self.peft else []
+        # Full fine-tuning has no adapter to switch off: keep what the regularizers need of the start.
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.base_copy: torch.nn.Module | None = None
+        if not self.peft:
+            if l2sp or ewc:
+                self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            if kl_to_base:
+                self.base_copy = copy.deepcopy(model).eval().requires_grad_(False)
+        if ewc and not self.fisher:
+            raise ValueError("EWC needs a Fisher estimate (estimate_fisher on general data)")
+
+    @property
+    def active(self) -> bool:
+        """True if any term has a non-zero weight."""
+        return bool(self.kl_weight or self.l2sp_weight or self.ewc_weight)
+
+    def kl_term(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor, replay: torch.Tensor) -> torch.Tensor | None:
+        """KL(base || tuned) on the replay rows of the batch (None if the batch has none)."""
+        if not self.kl_weight or replay is None or not bool(replay.any()):
+            return None
+        rows = replay.nonzero(as_tuple=True)[0]
+        ids, pos, labels = inputs["input_ids"][rows], inputs["position_ids"][rows], inputs["labels"][rows]
+        with torch.no_grad():
+            if self.peft:
+                with model.disable_adapter():
+                    base = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+            else:
+                base = self.base_copy(input_ids=ids, position_ids=pos, use_cache=False).logits  # type: ignore[misc]
+        # Logits at t predict token t+1: compare where the next token is a labelled (answer) token.
+        mask = labels[:, 1:] != -100
+        return kl_base_tuned(base[:, :-1], tuned_logits[rows][:, :-1], mask)
+
+    def l2sp_term(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """Squared distance of the trainable weights (or LoRA's effective update) to the start."""
+        if not self.l2sp_weight:
+            return None
+        if self.peft:
+            return lora_l2(self.layers)
+        return sum(((p - self.anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in self.anchor)  # type: ignore[return-value]
+
+    def ewc_term(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """Fisher-weighted squared update of the base weights."""
+        if not self.ewc_weight:
+            return None
+        total = torch.zeros((), device=next(model.parameters()).device)
+        if self.peft:
+            for name, layer in self.layers:
+                f = self.fisher.get(name)
+                if f is not None:
+                    total = total + (f * lora_delta(layer) ** 2).sum()
+        else:
+            for n, p in model.named_parameters():
+                if n in self.fisher:
+                    total = total + (self.fisher[n] * (p - self.anchor[n]) ** 2).sum()
+        return total
+
+
+def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, max_batches: int = 8) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher E[(d NLL / d W)^2] of the base weights, on general-data batches.
+
+    LoRA: one tensor per adapted layer (keyed by the layer's module name), for its frozen base
+    weight, computed with the adapter disabled. Full: one per trainable parameter. Normalised so
+    the mean entry is 1, which makes the ``ewc`` weight comparable across models.
+    """
+    peft = is_peft(model)
+    if peft:
+        targets = {name: layer.get_base_layer().weight for name, layer in lora_layers(model)}
+    else:
+        targets = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    flags = {n: w.requires_grad for n, w in targets.items()}
+    for w in targets.values():
+        w.requires_grad_(True)
+    fisher = {n: torch.zeros_like(w) for n, w in targets.items()}
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        ctx = model.disable_adapter() if peft else _nullcontext()
+        with ctx:
+            for batch in batches:
+                if n >= max_batches:
+                    break
+                model.zero_grad(set_to_none=True)
+                out = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False)
+                out.loss.backward()
+                for name, w in targets.items():
+                    if w.grad is not None:
+                        fisher[name] += w.grad.detach() ** 2
+                n += 1
+    finally:
+        for name, w in targets.items():
+            w.grad = None
+            w.requires_grad_(flags[name])
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("no general-data batches to estimate the Fisher from")
+    mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
+    return {k: v / n / (mean / n).clamp_min(1e-30) for k, v in fisher.items()}
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None

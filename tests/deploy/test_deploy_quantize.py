@@ -1,0 +1,118 @@
+"""int8 quantization and its quality gate, on a tiny run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetless import artifacts
+from forgetless.deploy.quantize import check_int8_gate, judge_int8, quant_info_path, quantize_and_gate
+from forgetless.deploy.variants import load_base_4bit, load_variant, nf4_available, quantize_int8, resolve_target
+from forgetless.errors import ForgetlessError
+from forgetless.registry.sample_run import make_run_folder
+from forgetless.testing import tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(artifacts.CACHE_ENV, str(tmp_path / "cache"))
+
+
+def test_judge_int8_hand_worked() -> None:
+    fp32 = {"general/kl": 0.020, "domain/mc_acc": 0.50}
+    ok = {"general/kl": 0.025, "domain/mc_acc": 0.49}
+    assert judge_int8(fp32, ok, budget_general_kl=0.05, max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
+    # KL up by 0.015 > 0.01, and over the 0.03 budget; accuracy down by 0.05 > 0.02: three reasons.
+    bad = {"general/kl": 0.035, "domain/mc_acc": 0.45}
+    passed, why, _ = judge_int8(fp32, bad, budget_general_kl=0.03, max_kl_increase=0.01, max_domain_drop=0.02)
+    assert not passed and len(why) == 3
+    # Perplexity only: the drop limit is relative (2% of 10.0 = 0.2); 10.1 passes, 10.3 fails.
+    assert judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert not judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
+
+
+def test_quantize_int8_replaces_linears_and_stays_close() -> None:
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        q = quantize_int8(model, "torch")
+        got = q(ids).logits
+    kinds = {type(m).__module__ + "." + type(m).__name__ for m in q.modules() if "Linear" in type(m).__name__}
+    assert kinds and all("quantized" in k for k in kinds), kinds
+    assert q.lm_head is not model.lm_head  # quantize_dynamic copies: the fp32 model is untouched
+    assert torch.allclose(got, ref, atol=0.05), (got - ref).abs().max()
+
+
+def test_unknown_backend_rejected() -> None:
+    with pytest.raises(ForgetlessError, match="unknown int8 backend"):
+        quantize_int8(tiny_model(), "magic")
+
+
+def test_gate_passes_and_records_verdict(tmp_path: Path) -> None:
+    run = make_run_folder(tmp_path / "run")
+    res = quantize_and_gate(run)
+    assert res.passed, res.reasons
+    info = json.loads(quant_info_path(run).read_text())
+    assert info["verdict"] == "pass" and info["backend"] == "torch"
+    assert info["general"]["prompts"] == 8  # the run's eval.general_limit
+    assert info["general"]["kl_increase"] == pytest.approx(info["general"]["kl_int8"] - info["general"]["kl_fp32"])
+    assert info["domain"]["primary_metric"] == "domain/mc_acc" and info["domain"]["mc_items"] == 2
+    assert check_int8_gate(run)["verdict"] == "pass"
+    # A changed adapter invalidates the verdict.
+    (run / artifacts.ADAPTER_DIR / "adapter_model.safetensors").write_bytes(b"x")
+    with pytest.raises(ForgetlessError, match="adapter changed"):
+        check_int8_gate(run)
+
+
+def test_gate_refuses_when_budget_broken(tmp_path: Path) -> None:
+    # A large random adapter moves the tuned model far from the base; a tiny budget cannot hold it.
+    run = make_run_folder(tmp_path / "run", budget=1e-4, lora_scale=2.0)
+    res = quantize_and_gate(run)
+    assert not res.passed
+    assert any("exceeds the run's budget" in r for r in res.reasons)
+    assert json.loads(quant_info_path(run).read_text())["verdict"] == "refused"
+    with pytest.raises(ForgetlessError, match="refused by the quality gate"):
+        check_int8_gate(run)
+
+
+def test_never_gated_is_refused(tmp_path: Path) -> None:
+    run = make_run_folder(tmp_path / "run")
+    with pytest.raises(ForgetlessError, match="never gated"):
+        check_int8_gate(run)
+
+
+def test_variants_differ_as_expected(tmp_path: Path) -> None:
+    run = make_run_folder(tmp_path / "run")
+    t = resolve_target(str(run))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        out = {v: load_variant(t, v)(ids).logits for v in ("base", "adapter", "merged", "int8")}
+    assert not torch.allclose(out["base"], out["adapter"], atol=1e-3)  # the adapter changes the model
+    assert torch.allclose(out["adapter"], out["merged"], atol=1e-4)  # merging does not
+    assert torch.allclose(out["merged"], out["int8"], atol=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal path")
+def test_nf4_refused_cleanly_without_gpu() -> None:
+    assert "CUDA" in (nf4_available() or "")
+    with pytest.raises(ForgetlessError, match="CUDA"):
+        load_base_4bit("anything")
+
+
+@pytest.mark.skipif(nf4_available() is not None, reason="4-bit NF4 needs CUDA and bitsandbytes")
+def test_nf4_loads_and_generates_on_gpu(tmp_path: Path) -> None:
+    run = make_run_folder(tmp_path / "run")
+    t = resolve_target(str(run))
+    model = load_variant(t, "nf4")
+    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    ids = torch.tensor([[5, 6, 7, 8]], device="cuda")
+    with torch.no_grad():
+        got = model(ids).logits.float().cpu()
+        ref = load_variant(t, "adapter")(ids.cpu()).logits
+    assert torch.isfinite(got).all() and got.shape == ref.shape
+    # 4-bit weights on a random 32-wide model: close to fp32, not equal.
+    assert (got - ref).abs().mean() < 0.5 * ref.abs().mean()
