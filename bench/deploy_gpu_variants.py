@@ -17,20 +17,21 @@ from pathlib import Path
 import torch
 import yaml
 
+# forgetless.train.config.ALL_LINEAR, spelled out: that module needs pydantic, which GPU images may lack.
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
 
 def make_run(config_dir: Path, work: Path) -> Path:
     """A run folder (config, adapter) over a random-init base with CONFIG_DIR's shapes."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from forgetless.train.config import ALL_LINEAR
-
     base_dir, run = work / "base", work / "run"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir), dtype=torch.float32)
     model.save_pretrained(base_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(config_dir).save_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=list(ALL_LINEAR)))
+    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=ALL_LINEAR))
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
             if "lora_B" in n:

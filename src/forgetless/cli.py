@@ -74,6 +74,7 @@ from .curate.cli import register as _reg_curate; _reg_curate(app)  # noqa: E402,
 from .tokens.cli import register as _reg_tokens; _reg_tokens(app)  # noqa: E402
 from .deploy.cli import register as _reg_deploy; _reg_deploy(app)  # noqa: E402,E702 (issue 7)
 from .evaluate.cli import register as _reg_evaluate; _reg_evaluate(app)  # noqa: E402,E702 (issue 4)
+from .serve.cli import register as _reg_serve; _reg_serve(app)  # noqa: E402,E702 (issue 8)
 # STAGE-COMMANDS-END
 
 

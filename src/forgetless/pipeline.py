@@ -33,7 +33,7 @@ from .runinfo import data_hashes, run_info
 from .train.adapters import attach_adapter, is_peft, trainable_parameters
 from .train.budget import BudgetJudge, BudgetStopCallback
 from .train.calibrate import bake_scale, load_adapter_weights, sweep_scales
-from .train.callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback
+from .train.callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback, is_main_process
 from .train.checkpoints import checkpoint_step, last_complete, remove_incomplete
 from .train.dataset import PackedCollator, PackedDataset, build_dataset
 from .train.regularizers import Regularizers, estimate_fisher
@@ -44,6 +44,8 @@ from .train.trainer import ForgetlessTrainer
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Run the whole job described by ``cfg``; returns the summary written to summary.json."""
     console = console or Console(stderr=True)
+    if not is_main_process():
+        console = Console(stderr=True, quiet=True)  # distributed launch: one log, from rank 0
     t_start = time.time()
     set_seed(cfg.seed)
     if cfg.train.num_threads:
@@ -53,11 +55,20 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     atomic_write_text(run_dir / A.RESOLVED_CONFIG, config_yaml)
 
     # 1. Data, validated up front: a bad line fails in a second, not after model loading.
-    console.print("[bold]1/7 data[/]")
+    console.print("[bold]1/7 data[/]" + (" + curate" if cfg.curate.enabled else ""))
     if not cfg.data.train:
         raise ForgetlessError("data.train is empty: name at least one training file or folder")
     train_files = expand_paths(cfg.data.train)
     examples = load_examples(train_files)
+    if cfg.curate.enabled:
+        # Curate writes curated.jsonl (kept + any replay it mixed in, marked "replay": true) and
+        # rejects.jsonl with a reason for every dropped record; training reads the kept file.
+        from .curate.pipeline import run_curate
+
+        cur = run_curate(train_files, run_dir / A.CURATE_DIR, cfg.curate, console=console,
+                         model_name=cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)  # fmt: skip
+        examples = load_examples([cur.kept_path])
+        console.print(f"  curate: kept {cur.kept} records; rejects and reasons in {cur.rejects_path}")
     user_replay = load_examples([cfg.data.replay]) if cfg.data.replay else None
     domain = load_domain(cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text)
     eval_files = [p for p in (cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text, cfg.data.replay) if p]
@@ -129,6 +140,8 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.time() - t_train
     recorder.close()
+    if not trainer.is_world_process_zero():
+        return {}  # distributed launch: the other ranks only train; rank 0 calibrates, selects, exports, reports
     if stopper.stopped_at is not None:
         console.print(f"[yellow]early stop at step {stopper.stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
 
@@ -177,7 +190,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
     """Create the run folder; refuse to overwrite a started run unless resuming."""
     run_dir = cfg.run_dir
-    if (run_dir / A.METRICS).exists() and not resume:
+    if (run_dir / A.METRICS).exists() and not resume and is_main_process():  # rank 0 may have started writing
         raise ForgetlessError(f"{run_dir} already holds a run; pass --resume to continue it, or set run_dir to a new folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
@@ -205,7 +218,9 @@ def build_regularizers(cfg: RunConfig, model: torch.nn.Module, dataset: PackedDa
     t = cfg.train
     replay_rows = [r for r in dataset.rows if r.replay]
     if (t.kl_to_base or t.ewc) and not replay_rows:
-        raise ForgetlessError("train.kl_to_base and train.ewc need replay data: set train.replay_ratio > 0 (and optionally data.replay)")
+        if t.replay_ratio <= 0:
+            raise ForgetlessError("train.kl_to_base and train.ewc need replay data: set train.replay_ratio > 0 (and optionally data.replay)")
+        raise ForgetlessError("the replay data has no usable rows (every answer is empty): check data.replay or the model's replay answers")
     fisher = None
     if t.ewc:
         collate = PackedCollator(pad_id=tok.pad_token_id or 0)

@@ -116,3 +116,14 @@ def test_nf4_loads_and_generates_on_gpu(tmp_path: Path) -> None:
     assert torch.isfinite(got).all() and got.shape == ref.shape
     # 4-bit weights on a random 32-wide model: close to fp32, not equal.
     assert (got - ref).abs().mean() < 0.5 * ref.abs().mean()
+
+
+def test_torchao_backend_stays_close() -> None:
+    pytest.importorskip("torchao")
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        got = quantize_int8(model, "torchao")(ids).logits
+    assert not torch.equal(got, ref)  # it really quantized
+    assert torch.allclose(got, ref, atol=0.05), (got - ref).abs().max()

@@ -32,14 +32,14 @@ def test_eval_two_columns_with_deltas(tiny_dirs: tuple[Path, Path], tmp_path: Pa
     res = CliRunner().invoke(
         app,
         ["eval", "--model", str(model_dir), "--adapter", str(adapter_dir), "--suites", "general,domain",
-         "--limit", "2", "--domain-qa", str(qa), "--out", str(tmp_path / "out"), "--batch-size", "4"],
+         "--limit", "1", "--domain-qa", str(qa), "--out", str(tmp_path / "out"), "--batch-size", "4"],
     )
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "out" / "eval.json").read_text())
     labels = [c["label"] for c in data["columns"]]
     assert len(labels) == 2 and labels[1].endswith("adapter")
     base = data["scores"][labels[0]]
-    assert base["general/math"]["n"] == 2 and base["general/knowledge_mc"]["n"] == 2
+    assert base["general/math"]["n"] == 1 and base["general/knowledge_mc"]["n"] == 1
     assert base["domain/qa_f1"]["n"] == 2 and base["domain/qa_f1/a"]["n"] == 1
     d = data["deltas_vs_first"][labels[1]]["general/knowledge_mc"]
     assert d["paired"] and d["verdict"] in {"dropped", "improved", "no significant change"}

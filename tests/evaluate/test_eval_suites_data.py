@@ -10,7 +10,7 @@ import pytest
 from forgetless.errors import InputError
 from forgetless.evaluate.codesuite import extract_code, load_code_tasks, program_for
 from forgetless.evaluate.data import make_math
-from forgetless.evaluate.knowledge import KNOWLEDGE_MC, load_mc, pick
+from forgetless.evaluate.knowledge import KNOWLEDGE_MC, MCItem, items_from_records, load_mc, pick
 from forgetless.evaluate.mathsuite import MATH_FILE, load_math
 from forgetless.evaluate.metrics import numeric_match
 from forgetless.evaluate.sandbox import run_python
@@ -47,6 +47,8 @@ def test_load_mc_errors_name_file_line_and_field(tmp_path: Path) -> None:
     p.write_text('{"question": "q", "choices": ["a", "b"], "answer": true}\n')
     with pytest.raises(InputError, match="answer"):
         load_mc(p)
+    recs = [{"question": "q", "choices": ["a", "b"], "answer": 1, "split": "doc_only"}]
+    assert items_from_records(recs) == [MCItem("0", "q", ("a", "b"), 1, "doc_only")]
 
 
 def test_pick_normalisations_hand_worked() -> None:

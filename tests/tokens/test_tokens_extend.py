@@ -222,3 +222,22 @@ def test_forms_already_single_tokens_are_skipped():
     res = extend_vocabulary(tiny_model(len(tok)), tok, ["capital", "zorvanex"])
     # " capital" is one token already (Ġcapital); bare "capital" splits, so it is added
     assert " capital" in res.skipped and "capital" in res.forms and res.k == 3
+
+
+def test_apply_tokens_config(tmp_path):
+    from forgetless.tokens.config import TokensConfig
+    from forgetless.tokens.extend import apply_tokens_config
+
+    tok = tiny_bpe_tokenizer()
+    model = tiny_model(len(tok))
+    texts = ["the zorvanex cat", "zorvanex and marrowick", "the marrowick cat", "marrowick"]
+    assert apply_tokens_config(model, tok, TokensConfig(), texts) is None and len(tok) == 320
+    res = apply_tokens_config(model, tok, TokensConfig(enabled=True, top_k=1), texts)
+    assert res is not None and res.terms == ["marrowick"] and len(tok) == 322
+    terms = tmp_path / "terms.txt"
+    terms.write_text("quellid\n")
+    tok2 = tiny_bpe_tokenizer()
+    res2 = apply_tokens_config(tiny_model(len(tok2)), tok2, TokensConfig(enabled=True, terms_file=terms, init="mean"), texts)
+    assert res2 is not None and res2.terms == ["quellid"] and res2.init == "mean"
+    with pytest.raises(InputError, match="tokens.enabled is true but no training word"):
+        apply_tokens_config(tiny_model(len(tok2)), tok2, TokensConfig(enabled=True, min_count=50), texts)

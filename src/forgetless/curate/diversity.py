@@ -35,9 +35,9 @@ class _Tokens:
 
     def __init__(self, token_lists: list[list[str]]) -> None:
         self.lists = token_lists
-        vocab: dict[str, int] = {}
-        flat = [vocab.setdefault(t, len(vocab)) for toks in token_lists for t in toks]
-        self.ids = np.asarray(flat, dtype=np.uint64)
+        flat = [t for toks in token_lists for t in toks]
+        # Token ids are their (per-process) string hashes: no vocabulary dict to build.
+        self.ids = np.fromiter(map(hash, flat), dtype=np.int64, count=len(flat)).view(np.uint64)
         self.lens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
         self.doc = np.repeat(np.arange(len(token_lists)), self.lens)
         self.start = np.concatenate([[0], np.cumsum(self.lens)[:-1]]).astype(np.int64) if len(token_lists) else np.zeros(0, np.int64)

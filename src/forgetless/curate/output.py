@@ -11,6 +11,7 @@ import json
 import os
 import random
 import tempfile
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from .. import artifacts
+from ..errors import ForgetlessError
 from .clean import CountMinSketch, clean_record, quality_reject, record_text, str_hashes, words
 from .config import CurateConfig
 from .reader import RawRecord
@@ -79,7 +81,7 @@ class WriteState:
     flags: dict[str, int] = field(default_factory=lambda: {"short": 0, "long": 0, "rare_term": 0})
     flag_examples: dict[str, list[str]] = field(default_factory=lambda: {"short": [], "long": [], "rare_term": []})
     sample: list[str] = field(default_factory=list)
-    kept_lengths: list[int] = field(default_factory=list)
+    kept_lengths: array = field(default_factory=lambda: array("I"))  # 4 bytes per kept record
     n_kept_seen: int = 0
     replay_written: int = 0
     next_replay: int = 0
@@ -102,6 +104,8 @@ def write_outputs(
     row = -1
     try:
         for rid, r in enumerate(records):
+            if rid >= len(st.status):
+                raise ForgetlessError(f"{st.files[r.file_index]} changed while curate was reading it; run curate again")
             code = int(st.status[rid])
             spill = None
             if code in candidate_codes:

@@ -38,7 +38,7 @@ from ..errors import ForgetlessError
 from ..io import atomic_write_json, atomic_write_text
 from ..train.config import DEFAULT_MODEL
 from . import dedup
-from .clean import CountMinSketch, clean_record, quality_reject, record_lines, record_text, str_hashes, terms, words
+from .clean import CountMinSketch, clean_record, quality_reject, record_lines, record_text, str_hashes, words_and_terms
 from .config import CurateConfig
 from .diversity import diversity_report, warnings
 from .output import WriteState, json_line, write_outputs
@@ -229,7 +229,7 @@ def run_curate(
                         removed.clear()
                     changed += clean != r.rec
                     text = record_text(clean)
-                    toks = words(text)
+                    toks, rec_terms = words_and_terms(text, term_cms is not None)
                     bad = quality_reject(text, len(toks), cfg)
                     if bad is not None:
                         status.append(CODE[bad[0]])
@@ -238,9 +238,8 @@ def run_curate(
                     row_rec.append(rid)
                     row_hash.append(dedup.normalized_hash(toks))
                     row_len.append(len(toks))
-                    rec_terms = sorted(terms(text)) if term_cms is not None else []
                     term_buf.extend(rec_terms)
-                    spill.write(json_line({"r": clean, "t": rec_terms}))
+                    spill.write(json_line({"r": clean, "t": sorted(rec_terms)}))
                     batch.append(toks)
                     if len(batch) >= SIGNATURE_BATCH:
                         flush()
@@ -276,7 +275,7 @@ def run_curate(
                 write_outputs(_with_progress(iter_records(files, want=want), progress, "write", total), spill, out_dir, cfg, st)
             timings["write_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            kept_lengths = np.asarray(st.kept_lengths, dtype=np.uint32)
+            kept_lengths = np.frombuffer(st.kept_lengths, dtype=np.uint32) if len(st.kept_lengths) else np.zeros(0, np.uint32)
             div = diversity_report(st.sample, kept_lengths, cfg)
             timings["diversity_s"] = time.perf_counter() - t
     finally:

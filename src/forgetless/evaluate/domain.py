@@ -124,7 +124,11 @@ def domain_scores(
         for qi, r in enumerate(data.mc):
             prompt = chat_prompt_ids(tok, r["question"], system=system_prompt)
             for c in r["choices"]:
-                pairs.append((prompt, answer_ids(tok, c)))
+                # No EOS after the choice: a tuned model answers in sentences, so EOS right after a
+                # bare value is improbable for *every* choice, and dividing that shared penalty by
+                # the choice's length made the longest choice win (measured: accuracy stuck at
+                # chance while QA recall rose from 0 to 0.68).
+                pairs.append((prompt, answer_ids(tok, c, with_eos=False)))
                 owner.append(qi)
         scores = continuation_scores(model, pairs, batch_size=batch_size * 2, pad_id=pad)
         best: dict[int, tuple[float, int]] = {}

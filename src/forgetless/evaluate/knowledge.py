@@ -99,3 +99,12 @@ def mc_choice_scores(
     # it finds most likely, not whether it would stop right after it.
     encoded = [(chat_prompt_ids(tok, it.question), [answer_ids(tok, c, with_eos=False) for c in it.choices]) for it in items]
     return choice_scores(model, encoded, batch_size=batch_size, pad_id=pad)
+
+
+def items_from_records(records: Sequence[dict]) -> list[MCItem]:
+    """MC items from already-validated records (e.g. ``evaluate.domain.load_mc``'s dicts), so the
+    domain suite can use the same shared-prompt scorer (:func:`mc_correct`)."""
+    return [
+        MCItem(str(r.get("id", i)), r["question"], tuple(r["choices"]), int(r["answer"]), str(r.get("split", r.get("category", ""))))
+        for i, r in enumerate(records)
+    ]

@@ -20,7 +20,7 @@ from .metrics import numeric_match
 from .scoring import chat_prompt_ids, generate_greedy_until
 
 MATH_FILE = Path(__file__).parent / "data" / "math.v1.jsonl"
-MAX_NEW_TOKENS = 16  # "20 + 22 = 42" is ~9 tokens; longer replies are explanations.
+MAX_NEW_TOKENS = 12  # "20 + 22 = 42" is ~9 tokens; longer replies are explanations, and every step costs a forward
 
 
 @dataclass(frozen=True)

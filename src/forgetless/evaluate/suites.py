@@ -149,3 +149,4 @@ def flatten_scores(scores: Mapping[str, Score], prefix: str = "general/") -> dic
         flat[f"{prefix}{k}_lo"] = s.ci_low
         flat[f"{prefix}{k}_hi"] = s.ci_high
     return flat
+

@@ -62,14 +62,16 @@ def make_run_folder(
           {"question": "which side effect is blue vision", "answer": "zorvanex", "split": "new"}]  # fmt: skip
     mc = [{"question": "zorvanex treats", "choices": ["marrowick syndrome", "red dog"], "answer": 0},
           {"question": "zorvanex is made by", "choices": ["acme", "python code"], "answer": 0}]  # fmt: skip
-    write_jsonl(run_dir / "domain_qa.jsonl", qa)
-    write_jsonl(run_dir / "domain_mc.jsonl", mc)
+    # Next to the base (shared by sibling runs, like real eval data): runs differ only where asked.
+    qa_path, mc_path = base.parent / "domain_qa.jsonl", base.parent / "domain_mc.jsonl"
+    write_jsonl(qa_path, qa)
+    write_jsonl(mc_path, mc)
     config = {
         "run_dir": str(run_dir.resolve()),
         "seed": 0,
         "model": {"name": str(base.resolve()), "dtype": "float32", "trust_remote_code": False, "revision": None},
-        "data": {"train": [], "replay": None, "eval_qa": str((run_dir / "domain_qa.jsonl").resolve()),
-                 "eval_mc": str((run_dir / "domain_mc.jsonl").resolve())},
+        "data": {"train": [], "replay": None, "eval_qa": str(qa_path.resolve()),
+                 "eval_mc": str(mc_path.resolve())},
         "lora": {"r": 4, "alpha": 8.0},
         "eval": {"general_limit": 8, "general_max_new_tokens": 8, "qa_max_new_tokens": 4, "batch_size": 8},
         "budget": {"general_kl": budget},

@@ -179,6 +179,7 @@ class Engine:
             retry = self._generate(batch)
         except Exception as e:  # noqa: BLE001 - any failure of the adapter path falls back to the base
             log.exception("batch of %d failed", len(batch))
+            _drop_leaked_peft_hooks(self.model)
             retry = [(j, "exception") for j in batch if not j.finished and j.route == "adapter"]
             for j in batch:
                 if not j.finished and j.route != "adapter":
@@ -193,6 +194,7 @@ class Engine:
                 self._generate(jobs)
             except Exception as e:  # noqa: BLE001 - the base failed too: the request fails
                 log.exception("fallback batch failed")
+                _drop_leaked_peft_hooks(self.model)
                 for j in jobs:
                     if not j.finished:
                         self._fail(j, f"generation failed: {type(e).__name__}")
@@ -209,7 +211,7 @@ class Engine:
                 j.route = "adapter"
             return
         try:
-            scores = self.router.score(self.model, [j.prompt for j in auto], adapter=self.adapter_name, pad_id=self.pad_id)
+            scores = self.router.score(self.model, [j.prompt for j in auto], pad_id=self.pad_id)
         except Exception:  # noqa: BLE001 - a broken router must not take requests down: use the base
             log.exception("router failed; sending %d requests to the base", len(auto))
             self.metrics.fallbacks.labels("router_error").inc(len(auto))
@@ -326,6 +328,23 @@ class Engine:
     def _fail(self, job: Job, message: str) -> None:
         job.finished = True
         job.deliver(Event("error", route=job.route, error=message))
+
+
+def _drop_leaked_peft_hooks(model: Any) -> None:
+    """Remove PEFT's per-call ``adapter_names`` hooks left behind by a forward pass that raised.
+
+    PEFT removes them after the forward returns, not in a ``finally``: after an exception they
+    would stay and force that batch's adapter names onto every later call.
+    """
+    try:
+        from peft.tuners.lora.model import _adapter_names_pre_forward_hook
+    except ImportError:  # a PEFT without it has nothing to leak
+        return
+    for mod in model.modules():
+        for key, hook in list(mod._forward_pre_hooks.items()):
+            if getattr(hook, "func", None) is _adapter_names_pre_forward_hook:
+                del mod._forward_pre_hooks[key]
+                mod._forward_pre_hooks_with_kwargs.pop(key, None)
 
 
 @dataclass

@@ -85,6 +85,48 @@ def _pad(prompts: Sequence[EncodedPrompt], idx: list[int], pad_id: int) -> tuple
     return ids, mask
 
 
+class _Stop(Exception):
+    """Raised by a forward hook to end a forward pass early, carrying that layer's output."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+
+def _decoder_layers(model: Any) -> torch.nn.ModuleList | None:
+    n = getattr(model.config, "num_hidden_layers", None)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n:
+            return mod
+    return None
+
+
+def hidden_state_at(model: Any, ids: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """``hidden_states[layer]`` of a forward pass, stopping after that layer.
+
+    The router reads a layer a quarter of the way up, so running the rest of the model would
+    waste three quarters of the compute: a forward hook on that layer ends the pass early.
+    """
+    layers = _decoder_layers(model)
+    n = len(layers) if layers is not None else 0
+    at = layer % (n + 1) if n else layer
+    if layers is None or at in (0, n):
+        # Embeddings or the last (normed) state: the model's own output_hidden_states is exact.
+        return model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
+
+    def stop(_mod: Any, _args: Any, out: Any) -> None:
+        raise _Stop(out[0] if isinstance(out, tuple) else out)
+
+    handle = layers[at - 1].register_forward_hook(stop)
+    try:
+        model(input_ids=ids, attention_mask=mask)
+    except _Stop as s:
+        return s.hidden
+    finally:
+        handle.remove()
+    raise RuntimeError("the forward pass never reached the router layer")
+
+
 @torch.no_grad()
 def pooled_hidden_states(
     model: PreTrainedModel,
@@ -93,22 +135,16 @@ def pooled_hidden_states(
     layer: int = DEFAULT_LAYER,
     batch_size: int = 16,
     pad_id: int = 0,
-    adapter_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Mean over each prompt's user positions of hidden state ``layer``, shape ``[n, hidden]`` (float64).
 
-    Runs on whatever ``model`` is: callers wrap it in :func:`base_context` (calibration) or pass
-    ``adapter_names=["__base__"] * n`` (serving, mixed batches).
+    Runs on whatever ``model`` is: wrap it in :func:`base_context` for the base model.
     """
     dev = next(model.parameters()).device
     out: np.ndarray | None = None
     for idx in _batches(prompts, batch_size):
         ids, mask = _pad(prompts, idx, pad_id)
-        kwargs: dict[str, Any] = {}
-        if adapter_names is not None:
-            kwargs["adapter_names"] = [adapter_names[i] for i in idx]
-        res = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True, **kwargs)
-        hs = res.hidden_states[layer].float()
+        hs = hidden_state_at(model, ids.to(dev), mask.to(dev), layer).float()
         for row, i in enumerate(idx):
             vec = hs[row, prompts[i].user_positions].mean(0).double().cpu().numpy()
             if out is None:
@@ -124,17 +160,13 @@ def user_token_logprob(
     *,
     batch_size: int = 16,
     pad_id: int = 0,
-    adapter_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Mean log-probability per user token (each predicted from the tokens before it), shape ``[n]``."""
     dev = next(model.parameters()).device
     out = np.zeros(len(prompts))
     for idx in _batches(prompts, batch_size):
         ids, mask = _pad(prompts, idx, pad_id)
-        kwargs: dict[str, Any] = {}
-        if adapter_names is not None:
-            kwargs["adapter_names"] = [adapter_names[i] for i in idx]
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), **kwargs).logits.float()
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
         logp = torch.log_softmax(logits, dim=-1)
         for row, i in enumerate(idx):
             # Token at position t is predicted by the logits at t-1: position 0 has no prediction.
@@ -166,37 +198,19 @@ class Router:
         d = feats - self.mean
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
-    def score(
-        self,
-        model: PreTrainedModel,
-        prompts: Sequence[EncodedPrompt],
-        *,
-        adapter: str | None = None,
-        pad_id: int = 0,
-        batch_size: int = 32,
-    ) -> np.ndarray:
+    def score(self, model: PreTrainedModel, prompts: Sequence[EncodedPrompt], *, pad_id: int = 0, batch_size: int = 32) -> np.ndarray:
         """Out-of-domain score of each prompt (higher = further from the domain).
 
-        ``adapter`` names the PEFT adapter for mixed-batch calls (``adapter_names``); without it
-        the model is switched with :func:`base_context`, which suits calibration and tests.
+        The base runs with the adapter disabled (:func:`base_context`), which flips a flag and
+        copies nothing; the caller must own the model meanwhile (the server's engine thread does).
         """
-        n = len(prompts)
         if self.method == "mahalanobis":
-            if adapter is not None:
-                feats = pooled_hidden_states(
-                    model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size, adapter_names=["__base__"] * n
-                )
-            else:
-                with base_context(model):
-                    feats = pooled_hidden_states(model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size)
-            return self.mahalanobis(feats)
-        if adapter is not None:
-            lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size, adapter_names=["__base__"] * n)
-            lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size, adapter_names=[adapter] * n)
-        else:
             with base_context(model):
-                lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
-            lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
+                feats = pooled_hidden_states(model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size)
+            return self.mahalanobis(feats)
+        with base_context(model):
+            lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
+        lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
         return -(lp_ad - lp_base)
 
     def margin(self, score: float) -> float:

@@ -90,7 +90,7 @@ def train_lora(
         opt.step()
         opt.zero_grad()
         if on_step is not None:
-            on_step(step + 1, float(loss))
+            on_step(step + 1, loss.detach().item())
     pm.eval()
     return pm
 

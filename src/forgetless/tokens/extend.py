@@ -18,7 +18,7 @@ Three decisions keep general behaviour unchanged at step 0:
   ``KL(base || extended) <= log(1 + k/V)`` at every position, at the cost of a meaningless start.
   Measured on SmolLM2-135M with the 52 sample-domain terms (k=104, bound 2.1e-3): ``pieces`` gives a
   mean per-token KL of 7.3e-5 on the general sample but a worst position of 7.6e-3; ``mean`` gives
-  1.5e-6 and 5.9e-5 (``bench/tokens_kl.py``).
+  1.5e-6 and 5.8e-5 (``bench/tokens_kl.py``).
 * **Tied embeddings.** SmolLM2 ties ``lm_head`` to ``embed_tokens``: one row serves both, so writing
   it once initialises both sides. Untied models get both matrices written.
 """
@@ -288,3 +288,26 @@ def param_groups(peft_model: torch.nn.Module, *, lr: float, token_lr: float, wei
     rest = [p for p in peft_model.parameters() if p.requires_grad and id(p) not in tokens]
     groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "adapter"}]
     return groups + (token_param_groups(peft_model, token_lr) if tokens else [])
+
+
+def apply_tokens_config(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, cfg: Any, train_texts: Sequence[str]
+) -> ExtendResult | None:
+    """What a run does for its ``tokens:`` section, before ``get_peft_model``: nothing when disabled,
+    else pick terms (``cfg.terms_file`` or the top ``cfg.top_k`` of ``train_texts``) and extend in place.
+
+    Deterministic for the same config and data, so a resumed run rebuilds the same ids and init
+    before loading its checkpoint.
+    """
+    if not cfg.enabled:
+        return None
+    if cfg.terms_file is not None:
+        terms = load_terms_file(cfg.terms_file)
+    else:
+        terms = select_terms(tok, train_texts, cfg.top_k, min_count=cfg.min_count, min_pieces=cfg.min_pieces)
+        if not terms:
+            raise InputError(
+                f"tokens.enabled is true but no training word occurs >= {cfg.min_count} times and splits into "
+                f">= {cfg.min_pieces} pieces; lower tokens.min_count/min_pieces or set tokens.terms_file"
+            )
+    return extend_vocabulary(model, tok, terms, init=cfg.init)

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..errors import InputError
 from ..io import append_jsonl, atomic_write_text
+
+# Where each launcher puts the global rank: torchrun / `accelerate launch --multi_gpu` (RANK) and
+# MPI launchers (what `accelerate launch --cpu` uses for several CPU processes).
+_RANK_ENV = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def is_main_process() -> bool:
+    """True in a single process, and on global rank 0 of a distributed launch.
+
+    Read from the launcher's environment rather than torch.distributed, so it can be asked before
+    the Trainer has initialised the process group (e.g. to decide who writes the run folder).
+    """
+    for name in _RANK_ENV:
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name]) == 0
+    return True
 
 
 class EvalScheduleCallback(TrainerCallback):
@@ -31,12 +49,16 @@ class EvalScheduleCallback(TrainerCallback):
 
 
 class MetricsRecorder:
-    """Appends evaluation metrics to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends evaluation metrics to metrics.jsonl and mirrors scalars to TensorBoard.
 
-    def __init__(self, metrics_path: Path, tb_dir: Path, *, enabled: bool = True) -> None:
+    ``enabled`` defaults to :func:`is_main_process`: in a distributed launch every rank evaluates
+    (so early-stop decisions agree) but only rank 0 writes, so each evaluation is one line.
+    """
+
+    def __init__(self, metrics_path: Path, tb_dir: Path, *, enabled: bool | None = None) -> None:
         self.metrics_path = metrics_path
         self.tb_dir = tb_dir
-        self.enabled = enabled
+        self.enabled = is_main_process() if enabled is None else enabled
         self._writer = None
 
     def _tb(self):  # noqa: ANN202 - SummaryWriter is imported lazily (tensorboard is slow to import)
@@ -70,15 +92,33 @@ class MetricsRecorder:
         """Drop evaluations newer than ``step`` (a resumed run redoes them)."""
         if not self.enabled or not self.metrics_path.exists():
             return
-        lines = [l for l in self.metrics_path.read_text().splitlines() if l.strip()]
-        kept = [l for l in lines if json.loads(l)["step"] <= step]
+        kept = [json.dumps(h, ensure_ascii=False) for h in self._parse() if h["step"] <= step]
         atomic_write_text(self.metrics_path, "".join(l + "\n" for l in kept))
+
+    def _parse(self) -> list[dict[str, Any]]:
+        """The file's records. A run killed mid-append (or a write still in flight, seen from
+        another rank) can leave the last line cut short, without its newline: that line is not a
+        record yet and is skipped; a resumed run redoes its step. Any other bad line is
+        corruption and raises, naming the line."""
+        text = self.metrics_path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        out = []
+        for i, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i == len(lines) and not text.endswith("\n"):
+                    break
+                raise InputError(f"unreadable metrics line ({e.msg})", file=self.metrics_path, line=i) from e
+        return out
 
     def read(self) -> list[dict[str, Any]]:
         """All evaluations recorded so far."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(l) for l in self.metrics_path.read_text().splitlines() if l.strip()]
+        return self._parse()
 
     def close(self) -> None:
         """Flush and close TensorBoard."""

@@ -42,7 +42,10 @@ def remove_incomplete(folder: Path) -> list[Path]:
     if folder.exists():
         for p in folder.iterdir():
             if p.is_dir() and checkpoint_step(p) is not None and not (p / CHECKPOINT_COMPLETE).exists():
-                shutil.rmtree(p)
+                try:
+                    shutil.rmtree(p)
+                except FileNotFoundError:
+                    pass  # every rank of a distributed resume sweeps the same folder; another got there first
                 removed.append(p)
     return removed
 

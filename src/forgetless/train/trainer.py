@@ -52,7 +52,9 @@ class ForgetlessTrainer(Trainer):
         per_micro = 1.0 / ga if scaled else 1.0
         self._note("lm_loss", loss)
         for name, weight, term in (
-            ("kl_to_base", regs.kl_weight, regs.kl_term(model, inputs, outputs.logits, replay) if regs.kl_weight else None),
+            # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
+            # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
+            ("kl_to_base", regs.kl_weight, regs.kl_term(self.accelerator.unwrap_model(model), inputs, outputs.logits, replay) if regs.kl_weight else None),
             ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
             ("ewc", regs.ewc_weight, regs.ewc_term(model)),
         ):
@@ -89,6 +91,9 @@ class ForgetlessTrainer(Trainer):
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
+        # Every rank writes its own rng_state_<rank>.pth: wait until all have, so the marker never
+        # declares a checkpoint complete that a distributed resume could not load.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             # Only now is every file of the checkpoint on disk: mark it loadable.
             mark_complete(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")

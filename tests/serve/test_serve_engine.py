@@ -1,0 +1,74 @@
+"""Engine tests without HTTP: exception fallback, cancellation, stop-string hold-back."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from forgetless.serve.engine import Engine, Event, GenParams, Job
+from forgetless.serve.metrics import ServeMetrics
+from forgetless.serve.prompts import encode_chat
+from forgetless.testing import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture()
+def engine():
+    tok = tiny_tokenizer()
+    torch.manual_seed(3)
+    pm = get_peft_model(tiny_model(len(tok)), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    eng = Engine(pm, tok, adapter_name="default", router=None, metrics=ServeMetrics(), batch_window_s=0.05).start()
+    yield eng
+    eng.stop()
+
+
+def run(eng: Engine, want: str, text: str, **params) -> list[Event]:
+    events: queue.Queue[Event] = queue.Queue()
+    eng.submit(Job(prompt=encode_chat(eng.tok, [{"role": "user", "content": text}]), want=want,
+                   params=GenParams(**{"max_tokens": 6, **params}), deliver=events.put))  # fmt: skip
+    out = []
+    while not out or out[-1].kind not in ("done", "error"):
+        out.append(events.get(timeout=30))
+    return out
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(e.text for e in events if e.kind == "delta")
+
+
+def test_exception_on_the_adapter_path_falls_back_to_base(engine):
+    base_answer = text_of(run(engine, "base", "hello world"))
+    real_forward = engine.model.forward
+
+    def failing(*args, **kwargs):
+        if any(n != "__base__" for n in kwargs.get("adapter_names", [])):
+            raise RuntimeError("adapter exploded")
+        return real_forward(*args, **kwargs)
+
+    engine.model.forward = failing
+    events = run(engine, "adapter", "hello world")
+    assert events[0].kind == "start" and events[0].route == "fallback"
+    assert events[-1].kind == "done" and text_of(events) == base_answer
+    assert engine.metrics.fallbacks.labels("exception")._value.get() == 1
+    engine.model.forward = real_forward
+    # No PEFT hook is left behind: the adapter answers again, differently from the base.
+    assert text_of(run(engine, "adapter", "hello world")) != base_answer
+
+
+def test_a_failing_base_is_an_error_event_not_a_hang(engine):
+    def broken(*args, **kwargs):
+        raise RuntimeError("base exploded")
+
+    engine.model.forward = broken
+    events = run(engine, "base", "hello")
+    assert events[-1].kind == "error" and "RuntimeError" in events[-1].error
+
+
+def test_max_tokens_and_eos_finish_reasons(engine):
+    events = run(engine, "adapter", "cat dog", max_tokens=3)
+    done = events[-1]
+    assert done.finish_reason in ("length", "stop") and done.completion_tokens <= 3
+    if done.finish_reason == "length":
+        assert done.completion_tokens == 3
