@@ -90,3 +90,23 @@ def test_every_example_config_loads(path: Path) -> None:
 
 def test_there_are_example_configs() -> None:
     assert (EXAMPLES / "quickstart.yaml").exists()
+
+
+def test_every_config_field_has_a_description() -> None:
+    """`forgetless validate` and the docs rely on it: no field without a description."""
+    from pydantic import BaseModel
+
+    from forgetless.config import RunConfig
+
+    missing = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            if not f.description:
+                missing.append(prefix + name)
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+
+    walk(RunConfig, "")
+    assert not missing, f"fields without a description: {missing}"

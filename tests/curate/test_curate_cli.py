@@ -25,17 +25,18 @@ def test_cli_curates_and_reports(tmp_path: Path) -> None:
     assert len((out / "curated.jsonl").read_text().splitlines()) == 5
 
 
-def test_cli_bad_config_key_is_exit_2(tmp_path: Path) -> None:
+def test_cli_bad_config_key_is_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from forgetless.cli import main
+
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "one two three four five six"}) + "\n")
     cfg = tmp_path / "run.yaml"
     cfg.write_text("curate:\n  treshold: 0.5\n")
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", "from forgetless.cli import main; main()", "curate", str(data), "-o", str(tmp_path / "o"), "--config", str(cfg)],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 2
-    assert "curate.treshold: unknown key" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.setattr("sys.argv", ["forgetless", "curate", str(data), "-o", str(tmp_path / "o"), "--config", str(cfg)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "curate.treshold: unknown key" in err and "Traceback" not in err

@@ -1,0 +1,119 @@
+"""Each regularizer against hand-computed values on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from forgetless.testing import tiny_model
+from forgetless.train.adapters import attach_adapter
+from forgetless.train.config import LoraSettings
+from forgetless.train.regularizers import Regularizers, estimate_fisher, kl_base_tuned, lora_delta, lora_l2, lora_layers
+
+
+def _peft(seed: int = 0) -> torch.nn.Module:
+    model = attach_adapter(tiny_model(seed=seed), LoraSettings(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    for _, layer in lora_layers(model):
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)  # non-zero update
+    return model
+
+
+def test_kl_by_hand() -> None:
+    base = torch.zeros(1, 1, 2)  # uniform (0.5, 0.5)
+    tuned = torch.tensor([[[math.log(3.0), 0.0]]])  # (0.75, 0.25)
+    expected = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # = 0.5 ln(4/3)
+    assert kl_base_tuned(base, tuned, torch.ones(1, 1, dtype=torch.bool)).item() == pytest.approx(expected, abs=1e-6)
+    # Masked positions do not count.
+    two = torch.cat([base, base], 1), torch.cat([tuned, base], 1)
+    assert kl_base_tuned(*two, torch.tensor([[True, False]])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_lora_l2_is_frobenius_of_the_update() -> None:
+    model = _peft()
+    direct = sum((lora_delta(layer) ** 2).sum() for _, layer in lora_layers(model))
+    assert lora_l2(lora_layers(model)).item() == pytest.approx(float(direct), rel=1e-5)
+    # Hand-worked: A = [[1, 2]], B = [[1], [0]], scale 2 -> s*BA = [[2, 4], [0, 0]] -> 4 + 16 = 20.
+    layer = lora_layers(model)[0][1]
+    r1 = torch.nn.Linear(2, 1, bias=False)
+    r1.weight.data = torch.tensor([[1.0, 2.0]])
+    r2 = torch.nn.Linear(1, 2, bias=False)
+    r2.weight.data = torch.tensor([[1.0], [0.0]])
+    layer.lora_A["default"], layer.lora_B["default"], layer.scaling["default"] = r1, r2, 2.0
+    assert lora_l2([("x", layer)]).item() == pytest.approx(20.0)
+
+
+def test_ewc_with_unit_fisher_equals_l2() -> None:
+    model = _peft()
+    fisher = {name: torch.ones_like(layer.get_base_layer().weight) for name, layer in lora_layers(model)}
+    regs = Regularizers(model, ewc=1.0, fisher=fisher)
+    assert regs.ewc_term(model).item() == pytest.approx(lora_l2(lora_layers(model)).item(), rel=1e-5)
+    # A Fisher of 2 on one layer and 0 elsewhere weighs only that layer, twice.
+    (n0, l0), *rest = lora_layers(model)
+    fisher = {n0: 2 * torch.ones_like(l0.get_base_layer().weight), **{n: torch.zeros_like(l.get_base_layer().weight) for n, l in rest}}
+    regs = Regularizers(model, ewc=1.0, fisher=fisher)
+    assert regs.ewc_term(model).item() == pytest.approx(2 * float((lora_delta(l0) ** 2).sum()), rel=1e-5)
+
+
+def test_fisher_is_normalised_and_leaves_base_frozen() -> None:
+    model = _peft()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "position_ids": torch.tensor([[0, 1, 2, 3]]), "labels": torch.tensor([[-100, 6, 7, 8]])}
+    fisher = estimate_fisher(model, [batch, batch])
+    total = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
+    assert float(total) == pytest.approx(1.0, rel=1e-5)
+    assert set(fisher) == {n for n, _ in lora_layers(model)}
+    assert not any(layer.get_base_layer().weight.requires_grad for _, layer in lora_layers(model))
+
+
+def test_kl_term_uses_adapter_disabled_base() -> None:
+    model = _peft()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    inputs = {"input_ids": ids, "position_ids": torch.arange(4).repeat(2, 1), "labels": ids.clone()}
+    regs = Regularizers(model, kl_to_base=1.0)
+    tuned = model(input_ids=ids, use_cache=False).logits
+    replay = torch.tensor([False, True])
+    with model.disable_adapter():
+        base = model(input_ids=ids[1:], use_cache=False).logits
+    expected = kl_base_tuned(base[:, :-1], tuned[1:, :-1], torch.ones(1, 3, dtype=torch.bool))
+    got = regs.kl_term(model, inputs, tuned, replay)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5) and got.item() > 0
+    assert regs.kl_term(model, inputs, tuned, torch.tensor([False, False])) is None
+
+
+def test_full_mode_l2sp_against_snapshot() -> None:
+    model = attach_adapter(tiny_model(), LoraSettings(mode="full"))
+    regs = Regularizers(model, l2sp=1.0)
+    assert regs.l2sp_term(model).item() == 0.0
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)  # 0.5^2 per element
+    n = next(model.parameters()).numel()
+    assert regs.l2sp_term(model).item() == pytest.approx(0.25 * n, rel=1e-5)
+
+
+def test_trainer_adds_weighted_terms(tiny_run) -> None:  # noqa: ANN001
+    """compute_loss = LM loss + w * term, with the term logged under reg/."""
+    from forgetless.config import load_config
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.pipeline import build_trainer
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import PackedCollator, build_dataset
+    from forgetless.data import Example
+
+    cfg = load_config(tiny_run / "cfg.yaml")
+    tok = tiny_tokenizer()
+    model = _peft()
+    ds = build_dataset(tok, [Example(text="zorvanex is a drug made by acme")], max_length=32)
+    ref = GeneralReference([], [], [], [], [], [])
+    rec = MetricsRecorder(cfg.run_dir / "m.jsonl", cfg.run_dir / "tb")
+    regs = Regularizers(model, l2sp=3.0)
+    trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=1, every=1, device="cpu", regularizers=regs)
+    batch = PackedCollator(0)([ds[0]])
+    loss = trainer.compute_loss(model, batch)
+    plain = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False).loss
+    assert loss.item() == pytest.approx(plain.item() + 3.0 * lora_l2(lora_layers(model)).item(), rel=1e-5)
+    assert set(trainer._terms) == {"lm_loss", "l2sp"}
