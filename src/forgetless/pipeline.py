@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -26,7 +27,7 @@ from .errors import ForgetlessError
 from .evaluate.domain import load_domain
 from .evaluate.drift import cached_reference, load_general_prompts
 from .evaluate.runner import Evaluator
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, iter_jsonl
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import history_table, plot_curves, write_report
 from .runinfo import data_hashes, run_info
@@ -164,6 +165,9 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         if is_peft(model):
             bake_scale(export_dir, chosen_scale)
 
+    # Router for serving: out-of-domain queries go to the base. Calibrated on the base itself.
+    router_info = calibrate_serving_router(cfg, model, tok, examples, run_dir, console)
+
     # 7. Report.
     console.print("[bold]7/7 report[/]")
     summary = {
@@ -176,6 +180,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         "timing": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
                    "eval_s": round(sum(h.get("time/eval_general_s", 0) + h.get("time/eval_domain_s", 0) for h in history), 1)},
         "export": export_dir.name if sel.step is not None else None,
+        "router": {k: router_info[k] for k in ("method", "threshold", "calibration_auroc", "domain_to_base", "general_to_base") if k in router_info} if router_info else None,
     }  # fmt: skip
     atomic_write_json(run_dir / A.SUMMARY, summary)
     plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=cfg.budget.general_kl)
@@ -335,6 +340,24 @@ def best_inside(curve: list[dict[str, Any]], cfg: RunConfig, history: list[dict[
     metric = primary_metric(history)
     inside = [c for c in curve if not budget_violations(c, cfg.budget)]
     return max(inside, key=lambda c: (domain_score(c, metric), -c.get("general/kl", 0.0))) if inside else None
+
+
+def calibrate_serving_router(cfg: RunConfig, model: torch.nn.Module, tok: Any, examples: list[Example], run_dir: Path, console: Console) -> dict[str, Any] | None:
+    """Fit the serve stage's out-of-domain router on the base (adapter off); None if data is too small."""
+    from .serve.router import calibrate_router
+
+    domain = [m["content"] for e in examples if e.is_chat and not e.meta.get("replay") for m in (e.messages or []) if m["role"] == "user"]
+    domain += [e.text for e in examples if not e.is_chat and e.text]
+    general_file = Path(__file__).parent / "serve" / "data" / "general_prompts.jsonl"
+    general = [r["prompt"] for _, r in iter_jsonl(general_file)]
+    if len(domain) < 4:
+        console.print("[yellow]router not calibrated: fewer than 4 domain texts[/]")
+        return None
+    ctx = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+    with console.status("calibrating the serving router on the base model"), ctx:
+        info = calibrate_router(model, tok, domain, general, run_dir, batch_size=cfg.eval.batch_size)
+    console.print(f"  router: {info.get('method')}, calibration AUROC {info.get('calibration_auroc', float('nan')):.3f}, threshold {info['threshold']:.3g}")
+    return info
 
 
 def export(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:

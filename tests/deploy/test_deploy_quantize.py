@@ -127,3 +127,21 @@ def test_torchao_backend_stays_close() -> None:
         got = quantize_int8(model, "torchao")(ids).logits
     assert not torch.equal(got, ref)  # it really quantized
     assert torch.allclose(got, ref, atol=0.05), (got - ref).abs().max()
+
+
+def test_targets_resolve_from_registry_run_folder_or_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forgetless.registry import Registry
+
+    run = make_run_folder(tmp_path / "run")
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv(artifacts.REGISTRY_ENV, str(db))
+    reg = Registry()
+    v, _ = reg.register(run, "pharma")
+    reg.promote(v.ref, "staging")
+    t = resolve_target("registry:staging")
+    assert t.run_dir == run.resolve() and t.variants() == ("base", "adapter", "merged", "int8", "nf4")
+    assert t.base_model == str((tmp_path / "tiny-base").resolve())
+    bare = resolve_target(str(tmp_path / "tiny-base"))
+    assert bare.run_dir is None and bare.variants() == ("base", "int8")
+    with pytest.raises(ForgetlessError, match="no 'adapter' variant"):
+        load_variant(bare, "adapter")

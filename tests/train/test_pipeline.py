@@ -17,7 +17,7 @@ from forgetless.pipeline import run_pipeline
 from forgetless.train.callbacks import EvalScheduleCallback
 
 # The exact files a LoRA run writes at its top level (litgpt-style: a new file is a conscious change).
-RUN_FILES = {A.RESOLVED_CONFIG, A.RUN_INFO, A.METRICS, A.CHECKPOINTS_DIR, A.TENSORBOARD_DIR, A.CURVES_PNG, A.REPORT_MD, A.SUMMARY, A.ADAPTER_DIR, A.SCALE_CURVE}
+RUN_FILES = {A.RESOLVED_CONFIG, A.RUN_INFO, A.METRICS, A.CHECKPOINTS_DIR, A.TENSORBOARD_DIR, A.CURVES_PNG, A.REPORT_MD, A.SUMMARY, A.ADAPTER_DIR, A.SCALE_CURVE, A.ROUTER, A.ROUTER_INFO}
 CHECKPOINT_FILES = {
     A.CHECKPOINT_COMPLETE, "README.md", "adapter_config.json", "adapter_model.safetensors",
     "optimizer.pt", "rng_state.pth", "scheduler.pt", "trainer_state.json", "training_args.bin",
@@ -130,3 +130,19 @@ def test_resume_matches_uninterrupted(tiny_run: Path, monkeypatch: pytest.Monkey
     wb = load_file(str(cut.run_dir / A.CHECKPOINTS_DIR / "checkpoint-6" / "adapter_model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=1e-5)
+
+
+def test_curate_stage_feeds_training(tiny_run: Path) -> None:
+    """With curate on, training reads curated.jsonl, and every input record is kept or rejected."""
+    dup = (tiny_run / "train.jsonl").read_text().splitlines()[0]
+    with open(tiny_run / "train.jsonl", "a") as f:
+        f.write(dup + "\n")  # an exact duplicate curate must drop
+    cfg = load_config(tiny_run / "cfg.yaml", ["curate.enabled=true", "curate.replay=none", "curate.min_words=0", "train.max_steps=2", "train.eval_every=2", "train.scale_sweep=[]"])
+    run_pipeline(cfg)
+    cur = cfg.run_dir / A.CURATE_DIR
+    assert {p.name for p in cur.iterdir()} >= {A.CURATED, A.CURATE_REJECTS, A.CURATE_REPORT_JSON, A.CURATE_REPORT_MD}
+    report = json.loads((cur / A.CURATE_REPORT_JSON).read_text())
+    c = report["counts"]
+    assert c["records_in"] == 7 and c["kept"] + c["rejected"] == 7 and c["rejected_by_reason"]["exact_duplicate"] == 1
+    info = json.loads((cfg.run_dir / A.RUN_INFO).read_text())
+    assert info["dataset"]["examples"] == c["kept"]

@@ -65,6 +65,40 @@ def minhash_matrix(shingle_sets: list[list[str]], num_perm: int, seed: int) -> n
     return np.asarray(mat.to_rows(), dtype=np.uint32)
 
 
+_R = np.uint64(0x100000001B3)  # odd, so invertible modulo 2^64
+_R_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+
+
+def word_hashes(tokens: list[str]) -> np.ndarray:
+    """Deterministic 64-bit hashes of tokens (which contain no spaces), computed for all at once.
+
+    A polynomial hash over the UTF-8 bytes, from one prefix sum over the space-joined tokens:
+    hash(word) = sum(byte_j * R^(j - start)) mod 2^64, then a multiply-xorshift finaliser. Unlike
+    Python's ``hash`` it is the same in every process (so curate results are reproducible), and
+    unlike hashlib it costs no Python call per token.
+    """
+    if not tokens:
+        return np.zeros(0, dtype=np.uint64)
+    b = np.frombuffer(" ".join(tokens).encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    n = len(b)
+    with np.errstate(over="ignore"):
+        pw = np.full(n, _R, dtype=np.uint64)
+        pw[0] = 1
+        pw = np.cumprod(pw, dtype=np.uint64)  # R^j, wrapping modulo 2^64
+        inv = np.full(n, _R_INV, dtype=np.uint64)
+        inv[0] = 1
+        inv = np.cumprod(inv, dtype=np.uint64)  # R^-j
+        pre = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(b * pw, dtype=np.uint64)])
+        spaces = np.nonzero(b == 32)[0]
+        starts = np.concatenate([[0], spaces + 1])
+        ends = np.concatenate([spaces, [n]])
+        h = (pre[ends] - pre[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
 def shingle_hash_matrix(token_lists: list[list[str]], k: int, num_perm: int, seed: int) -> np.ndarray:
     """MinHash signatures of word ``k``-shingles, hashed without building shingle strings.
 
@@ -77,9 +111,7 @@ def shingle_hash_matrix(token_lists: list[list[str]], k: int, num_perm: int, see
     if n_docs == 0:
         return np.zeros((0, num_perm), dtype=np.uint32)
     lens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=n_docs)
-    flat = [w for t in token_lists for w in t]
-    # Python's str hash is salted per process; signatures are only ever compared within one run.
-    h = np.fromiter(map(hash, flat), dtype=np.int64, count=len(flat)).view(np.uint64)
+    h = word_hashes([w for t in token_lists for w in t])
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     # acc[j][p] combines words p..p+j; built level by level over the whole batch.
     acc = [h]
