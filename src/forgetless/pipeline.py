@@ -84,17 +84,10 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     base_fp = weights_fingerprint(m.name, revision=m.revision)
     tok_fp = tokenizer_fingerprint(tok)
 
-    # 3. Replay (the user's file, or the base's own answers to general prompts) and the dataset.
+    # 3. Replay: the user's file, or the base's own answers to general prompts (cached).
     replay = user_replay
     if replay is None and cfg.train.replay_ratio > 0:
         replay = self_replay(model, tok, base_fp, console)
-    dataset = build_dataset(
-        tok, examples, max_length=cfg.data.max_length, packing=cfg.train.packing, system_prompt=cfg.data.system_prompt,
-        replay=replay, replay_ratio=cfg.train.replay_ratio, seed=cfg.seed,
-    )  # fmt: skip
-    total_steps, every = plan_steps(len(dataset), cfg)
-    n_replay = sum(r.replay for r in dataset.rows)
-    console.print(f"  {len(examples)} examples -> {len(dataset)} rows ({n_replay} replay), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
 
     # 4. The base reference for general drift (cached across runs) and the evaluator.
     console.print("[bold]3/7 base reference[/] (general prompts; cached after the first run)")
@@ -107,6 +100,17 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
             system_prompt=cfg.data.system_prompt, on_batch=lambda n: bar.advance(task, n),
         )  # fmt: skip
     console.print(f"  {len(ref.ids)} prompts, {sum(len(a) for a in ref.answer_ids)} answer tokens ({'cached' if cached else 'computed'})")
+
+    # 5. Domain tokens (after the reference: drift is measured against the true base, and the
+    #    extension's own step-0 cost shows up as KL at step 0), then the training set.
+    extension = extend_tokens(cfg, model, tok, examples, run_dir, console)
+    dataset = build_dataset(
+        tok, examples, max_length=cfg.data.max_length, packing=cfg.train.packing, system_prompt=cfg.data.system_prompt,
+        replay=replay, replay_ratio=cfg.train.replay_ratio, seed=cfg.seed,
+    )  # fmt: skip
+    total_steps, every = plan_steps(len(dataset), cfg)
+    n_replay = sum(r.replay for r in dataset.rows)
+    console.print(f"  {len(examples)} examples -> {len(dataset)} rows ({n_replay} replay), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
     evaluator = Evaluator(
         tok, domain, ref, batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
         system_prompt=cfg.data.system_prompt, general_suites=tuple(cfg.eval.general_suites),
@@ -116,11 +120,17 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         run_dir / A.RUN_INFO,
         run_info(config_yaml=config_yaml, base=base_fp, tokenizer=tok_fp, data=data_hashes(train_files + eval_files),
                  extra={"model": m.name, "device": device, "reference": ref_path.name,
+                        "tokenizer_extended": tokenizer_fingerprint(tok) if extension is not None else None,
                         "dataset": {"examples": len(examples), "rows": len(dataset), "replay_rows": n_replay, "tokens_per_epoch": dataset.num_tokens}}),
     )  # fmt: skip
 
-    # 5. Adapter on the frozen base; step 0 = the base itself (a fresh LoRA is an exact no-op).
-    model = attach_adapter(model, cfg.lora)
+    # 6. Adapter on the frozen base; step 0 = the base itself (a fresh LoRA is an exact no-op).
+    token_kwargs: dict[str, Any] = {}
+    if extension is not None:
+        from .tokens.extend import lora_token_kwargs
+
+        token_kwargs = lora_token_kwargs(model, extension)
+    model = attach_adapter(model, cfg.lora, **token_kwargs)
     n_train, n_total = trainable_parameters(model)
     console.print(f"[bold]4/7 train[/] {cfg.lora.mode}: {n_train:,} of {n_total:,} parameters trainable ({100 * n_train / n_total:.2f}%)")
     regs = build_regularizers(cfg, model, dataset, tok)
@@ -136,7 +146,8 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
             recorder.record_eval(base_metrics)
     stopper = BudgetStopCallback(cfg.train.patience)
     trainer = build_trainer(cfg, model, tok, dataset, evaluator, recorder, total_steps=total_steps, every=every, device=device,
-                            console=console, regularizers=regs, judge=judge, extra_callbacks=[stopper])  # fmt: skip
+                            console=console, regularizers=regs, judge=judge, extra_callbacks=[stopper],
+                            token_lr=cfg.tokens.lr if extension is not None else None)  # fmt: skip
     t_train = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.time() - t_train
@@ -146,7 +157,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     if stopper.stopped_at is not None:
         console.print(f"[yellow]early stop at step {stopper.stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
 
-    # 6. Adapter-scale sweep on the best checkpoint, then the best (checkpoint, scale) inside the budget.
+    # 7. Adapter-scale sweep on the best checkpoint, then the best (checkpoint, scale) inside the budget.
     history = sorted(recorder.read(), key=lambda h: h["step"])
     ckpt_dir = run_dir / A.CHECKPOINTS_DIR
     scale_curve = calibrate_scale(cfg, model, evaluator, judge, history, ckpt_dir, console)
@@ -165,10 +176,17 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         if is_peft(model):
             bake_scale(export_dir, chosen_scale)
 
+    if extension is not None and sel.step is not None:
+        from .tokens.export import export_extended
+
+        load_adapter_weights(model, ckpt_dir / f"checkpoint-{sel.step}")
+        with console.status("exporting extended base + plain adapter, and a merged model"):
+            export_extended(model, tok, run_dir / A.TOKENS_DIR / A.TOKENS_EXPORT_DIR, extra_info={"step": sel.step, "scale_note": "exports use adapter scale 1.0"})
+
     # Router for serving: out-of-domain queries go to the base. Calibrated on the base itself.
     router_info = calibrate_serving_router(cfg, model, tok, examples, run_dir, console)
 
-    # 7. Report.
+    # 8. Report.
     console.print("[bold]7/7 report[/]")
     summary = {
         "verdict": sel.verdict,
@@ -266,6 +284,7 @@ def build_trainer(
     regularizers: Regularizers | None = None,
     judge: BudgetJudge | None = None,
     extra_callbacks: list[Any] | None = None,
+    token_lr: float | None = None,
 ) -> ForgetlessTrainer:
     """The HF Trainer as forgetless configures it: checkpoint + both suites every ``every`` steps."""
     t = cfg.train
@@ -294,6 +313,14 @@ def build_trainer(
         dataloader_num_workers=0,
         neftune_noise_alpha=t.neftune_alpha,
     )
+    optimizers: tuple[Any, Any] = (None, None)
+    if token_lr is not None:
+        # New embedding rows get their own group: their own LR, and no weight decay (which would
+        # pull them towards zero, not towards their initialisation).
+        from .tokens.extend import param_groups
+
+        groups = param_groups(model, lr=t.lr, token_lr=token_lr, weight_decay=t.weight_decay)
+        optimizers = (torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay), None)
     log_cb = LogCallback(recorder)
     trainer = ForgetlessTrainer(
         model=model,
@@ -305,6 +332,7 @@ def build_trainer(
         regularizers=regularizers,
         judge=judge,
         callbacks=[EvalScheduleCallback(every), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
+        optimizers=optimizers,
     )
     # Our Rich bar and metrics files replace the Trainer's own printing.
     trainer.remove_callback(PrinterCallback)
@@ -340,6 +368,23 @@ def best_inside(curve: list[dict[str, Any]], cfg: RunConfig, history: list[dict[
     metric = primary_metric(history)
     inside = [c for c in curve if not budget_violations(c, cfg.budget)]
     return max(inside, key=lambda c: (domain_score(c, metric), -c.get("general/kl", 0.0))) if inside else None
+
+
+def extend_tokens(cfg: RunConfig, model: torch.nn.Module, tok: Any, examples: list[Example], run_dir: Path, console: Console) -> Any:
+    """The tokens stage: add domain terms to the tokenizer and model (None when disabled)."""
+    if not cfg.tokens.enabled:
+        return None
+    from .tokens.analyze import example_text
+    from .tokens.extend import apply_tokens_config
+
+    ext = apply_tokens_config(model, tok, cfg.tokens, [example_text(e) for e in examples])
+    atomic_write_json(run_dir / A.TOKENS_DIR / A.TOKENS_INFO, ext.to_json())
+    if ext.k == 0:
+        # Every term is already a single token: nothing to add, and PEFT rejects an empty index list.
+        console.print(f"  tokens: all {len(ext.terms)} terms are already single tokens; nothing added")
+        return None
+    console.print(f"  tokens: added {ext.k} tokens for {len(ext.terms)} terms (vocabulary {ext.old_vocab} -> {ext.new_vocab}; step-0 KL bound {ext.kl_bound():.2e})")
+    return ext
 
 
 def calibrate_serving_router(cfg: RunConfig, model: torch.nn.Module, tok: Any, examples: list[Example], run_dir: Path, console: Console) -> dict[str, Any] | None:

@@ -101,3 +101,24 @@ def test_planted_corpus_recall_precision_and_template(tmp_path: Path) -> None:
     assert any("template" in w for w in res.report["warnings"])
     c = res.report["counts"]
     assert c["records_in"] == len(corpus.records) == c["kept"] + c["rejected"]
+
+
+def test_word_hashes_are_deterministic_and_per_token() -> None:
+    a = dedup.word_hashes(["abc", "de", "abc", "é"])
+    b = dedup.word_hashes(["de", "abc"])
+    assert a[0] == a[2] == b[1] and a[1] == b[0] and len(set(a.tolist())) == 3
+    # A fixed value: the same in every process (Python's hash() is salted per process).
+    assert int(dedup.word_hashes(["hello", "world"])[0]) == 6900854454345017820
+    assert len(dedup.word_hashes([])) == 0
+
+
+def test_shingle_hash_matrix_estimates_jaccard() -> None:
+    base = [f"w{i}" for i in range(80)]
+    near = base[:40] + ["x"] + base[41:]
+    short = ["a", "b"]
+    m = dedup.shingle_hash_matrix([base, near, short, list(short), []], 4, 256, 1)
+    # 4-shingles: 77 each, 4 replaced by 4 new ones: Jaccard 73/81 = 0.90.
+    assert abs((m[0] == m[1]).mean() - 73 / 81) < 0.08
+    assert (m[2] == m[3]).all()  # a record shorter than k is one shingle of all its words
+    assert (m[0] == m[2]).mean() < 0.05
+    assert (m == dedup.shingle_hash_matrix([base, near, short, list(short), []], 4, 256, 1)).all()

@@ -137,7 +137,7 @@ def test_self_generated_replay_real_model(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "replay").mkdir()
     name = "smollm2-135m-instruct"
     model, tok = load_model(name), load_tokenizer(name)
-    recs = replay.self_generated_replay(model, tok, n=2, max_new_tokens=16, cache_key=weights_fingerprint(name), batch_size=2)
+    recs = replay.self_generated_replay(model, tok, n=2, max_new_tokens=10, cache_key=weights_fingerprint(name), batch_size=2)
     assert len(recs) == 2
     answers = [r["messages"][1]["content"] for r in recs]
     assert all(len(words(a)) >= 3 for a in answers), answers

@@ -12,6 +12,7 @@ from forgetless import artifacts
 from forgetless.deploy.quantize import check_int8_gate, judge_int8, quant_info_path, quantize_and_gate
 from forgetless.deploy.variants import load_base_4bit, load_variant, nf4_available, quantize_int8, resolve_target
 from forgetless.errors import ForgetlessError
+from forgetless.registry.lineage import PRIMARY_DOMAIN
 from forgetless.registry.sample_run import make_run_folder
 from forgetless.testing import tiny_model
 
@@ -60,7 +61,7 @@ def test_gate_passes_and_records_verdict(tmp_path: Path) -> None:
     assert info["verdict"] == "pass" and info["backend"] == "torch"
     assert info["general"]["prompts"] == 8  # the run's eval.general_limit
     assert info["general"]["kl_increase"] == pytest.approx(info["general"]["kl_int8"] - info["general"]["kl_fp32"])
-    assert info["domain"]["primary_metric"] == "domain/mc_acc" and info["domain"]["mc_items"] == 2
+    assert info["domain"]["primary_metric"] == PRIMARY_DOMAIN[0] and info["domain"]["mc_items"] == 2
     assert check_int8_gate(run)["verdict"] == "pass"
     # A changed adapter invalidates the verdict.
     (run / artifacts.ADAPTER_DIR / "adapter_model.safetensors").write_bytes(b"x")

@@ -68,8 +68,12 @@ def test_mahalanobis_hand_worked():
 def test_shrunk_covariance_is_invertible_with_fewer_texts_than_dimensions():
     x = np.random.default_rng(0).normal(size=(5, 20))  # n=5 << p=20: the sample covariance is singular
     assert np.linalg.matrix_rank(np.cov(x.T)) < 20
-    mean, cov, prec, shrinkage = fit_gaussian(x)
+    mean, cov, prec, shrinkage = fit_gaussian(x)  # Ledoit-Wolf's estimate
     assert 0 < shrinkage <= 1
+    _, fixed_cov, _, s = fit_gaussian(x, 0.5)
+    assert s == 0.5
+    mu = np.trace(np.cov(x.T, bias=True)) / 20
+    assert np.allclose(fixed_cov, 0.5 * np.cov(x.T, bias=True) + 0.5 * mu * np.eye(20))
     assert np.all(np.linalg.eigvalsh(cov) > 0)
     assert np.allclose(cov @ prec, np.eye(20), atol=1e-6)
     assert np.allclose(mean, x.mean(0))
@@ -105,7 +109,7 @@ def test_calibrate_writes_router_files_and_sets_the_threshold_quantile(tok, mode
     assert saved["threshold"] == info["threshold"] and saved["method"] == "mahalanobis" and saved["layer"] == 1
     # 8 distinct out-of-fold domain scores, threshold at their 0.75 quantile: exactly 2 of 8 lie above it.
     assert saved["domain_to_base"] == 0.25
-    assert 0.0 <= saved["calibration_auroc"] <= 1.0 and 0 < saved["shrinkage"] <= 1
+    assert 0.0 <= saved["calibration_auroc"] <= 1.0 and saved["shrinkage"] == 0.995 and saved["shrinkage_method"] == "fixed"
     assert saved["n_domain"] == 8 and saved["n_general"] == 6
     r = load_router(tmp_path)
     gen_scores = r.score(model, [encode_chat(tok, [{"role": "user", "content": t}]) for t in GENERAL])

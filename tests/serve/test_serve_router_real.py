@@ -29,10 +29,11 @@ def test_router_separates_heldout_domain_questions_from_general_prompts(tmp_path
     torch.manual_seed(0)
     # Domain = what the run trains on: the user turns of the training chats and the documents.
     domain = [r["messages"][0]["content"] for r in read_jsonl(PHARMA / "train_qa.jsonl")]
-    domain += [r["text"] for r in read_jsonl(PHARMA / "docs.jsonl")]
+    # A third of the documents keeps this test's cost down (documents are the longest texts).
+    domain += [r["text"] for r in read_jsonl(PHARMA / "docs.jsonl")][::3]
     # Calibration general prompts and measurement general prompts are two different sets (written
     # by different people, for the evaluate and the serve stage); exact duplicates are dropped.
-    cal_general = [r["prompt"] for r in read_jsonl(PKG / "evaluate" / "data" / "general_prompts.v1.jsonl")]
+    cal_general = [r["prompt"] for r in read_jsonl(PKG / "evaluate" / "data" / "general_prompts.v1.jsonl")][::2]
     test_general = [r["prompt"] for r in read_jsonl(PKG / "serve" / "data" / "general_prompts.jsonl")]
     test_general = [p for p in test_general if p not in set(cal_general)]
     heldout = [r["question"] for r in read_jsonl(PHARMA / "heldout_qa.jsonl")]
@@ -49,5 +50,7 @@ def test_router_separates_heldout_domain_questions_from_general_prompts(tmp_path
           f"{len(heldout)} held-out vs {len(test_general)} general, {elapsed:.1f} s")  # fmt: skip
     assert info["calibration_auroc"] >= 0.95
     assert held_auroc >= 0.95
-    # The threshold, set for 5% of domain texts to the base, sends most general prompts there.
+    # The threshold, set for 5% of domain texts to the base, transfers to unseen phrasings: most
+    # held-out domain questions stay on the adapter and most general prompts go to the base.
+    assert np.mean(s_held > router.threshold) <= 0.25
     assert np.mean(s_gen > router.threshold) >= 0.8

@@ -33,11 +33,11 @@ FORGETLESS = Path(sys.executable).with_name("forgetless")
 OVERRIDES = ["train.max_steps=9", "train.eval_every=3", "train.scale_sweep=[]"]
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"run exited ({proc.returncode}) before {path.name} appeared:\n{proc.stderr.read()[-3000:]}")
+            raise AssertionError(f"run exited ({proc.returncode}) before {path.name} appeared:\n{log.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"{path} did not appear within {timeout} s")
@@ -62,15 +62,18 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_run: Path) 
     cut_dir = tiny_run / "cut"
     ckpts = cut_dir / A.CHECKPOINTS_DIR
     cmd = [str(FORGETLESS), "run", str(tiny_run / "cfg.yaml"), f"run_dir={cut_dir}", *OVERRIDES]
-    proc = subprocess.Popen(cmd, cwd=tiny_run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(ckpts / "checkpoint-3" / A.CHECKPOINT_COMPLETE, proc, timeout=240)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    log = tiny_run / "killed_run.log"
+    # Output goes to a file, not a pipe: nobody reads a pipe while we poll, and a full one would block the run.
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tiny_run, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(ckpts / "checkpoint-3" / A.CHECKPOINT_COMPLETE, proc, log, timeout=240)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == -signal.SIGKILL
     # Killed mid-training: the final checkpoint and the run's outputs were never written.
     assert not (ckpts / "checkpoint-9").exists() and not (cut_dir / A.SUMMARY).exists()

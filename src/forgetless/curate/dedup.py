@@ -224,12 +224,19 @@ def candidate_pairs(store: SignatureStore, *, max_compare: int = MAX_COMPARE_PER
     return k // store.n, k % store.n
 
 
-def estimate_jaccard(sig: np.ndarray, i: np.ndarray, j: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
-    """Estimated Jaccard similarity (share of equal MinHash values) for each pair."""
+def estimate_jaccard(sig: np.ndarray | SignatureStore, i: np.ndarray, j: np.ndarray, *, chunk: int = 16384) -> np.ndarray:
+    """Estimated Jaccard similarity (share of equal MinHash values) for each pair.
+
+    Given a :class:`SignatureStore`, the signature file is mapped afresh for each chunk of pairs
+    and unmapped after it, so the pages read stay out of the process's resident memory: RSS
+    holds at most one chunk's rows, however large the corpus.
+    """
     out = np.empty(len(i), dtype=np.float32)
     for s in range(0, len(i), chunk):
-        a, b = sig[i[s : s + chunk]], sig[j[s : s + chunk]]
+        m = sig.signatures() if isinstance(sig, SignatureStore) else sig
+        a, b = np.asarray(m[i[s : s + chunk]]), np.asarray(m[j[s : s + chunk]])
         out[s : s + chunk] = (a == b).mean(axis=1)
+        del m
     return out
 
 

@@ -347,7 +347,7 @@ def _resolve_duplicates(
     if cfg.near_dedup and n_rows:
         ci, cj = dedup.candidate_pairs(store)
         n_candidates = len(ci)
-        ok = dedup.estimate_jaccard(store.signatures(), ci, cj) >= cfg.threshold
+        ok = dedup.estimate_jaccard(store, ci, cj) >= cfg.threshold
         pi, pj = ci[ok], cj[ok]
         near = dedup.resolve_near(n_rows, pi, pj, is_exact)
         hit = near >= 0

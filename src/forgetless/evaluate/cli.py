@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         adapter: Annotated[Optional[list[Path]], typer.Option("--adapter", "-a", help="PEFT adapter folder, applied to the first --model (adds a column). Repeatable.")] = None,
         suites: Annotated[str, typer.Option(help="Comma-separated: general, domain.")] = "general",
         out: Annotated[Optional[Path], typer.Option(help="Folder to write eval.json into.")] = None,
-        limit: Annotated[int, typer.Option(help="Only the first N items of each general suite (0: all). 'in-loop' subset: --in-loop.")] = 0,
+        limit: Annotated[int, typer.Option(help="Only the first N items of each general suite (0: all; see also --in-loop).")] = 0,
         in_loop: Annotated[bool, typer.Option("--in-loop", help="Use the small subsets the training loop evaluates at every checkpoint.")] = False,
         batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 16,
         domain_qa: Annotated[Optional[Path], typer.Option(help="Domain QA JSONL: question, answer (optional split).")] = None,

@@ -120,28 +120,20 @@ def domain_scores(
         out["domain/ppl"] = math.exp(total_nll)
         out["_samples/qa"] = preds[:3]  # type: ignore[assignment]
     if data.mc:
-        pairs, owner = [], []
-        for qi, r in enumerate(data.mc):
-            prompt = chat_prompt_ids(tok, r["question"], system=system_prompt)
-            for c in r["choices"]:
-                # No EOS after the choice: a tuned model answers in sentences, so EOS right after a
-                # bare value is improbable for *every* choice, and dividing that shared penalty by
-                # the choice's length made the longest choice win (measured: accuracy stuck at
-                # chance while QA recall rose from 0 to 0.68).
-                pairs.append((prompt, answer_ids(tok, c, with_eos=False)))
-                owner.append(qi)
-        scores = continuation_scores(model, pairs, batch_size=batch_size * 2, pad_id=pad)
-        best: dict[int, tuple[float, int]] = {}
-        k = 0
-        for qi, r in enumerate(data.mc):
-            norm = []
-            for _ in r["choices"]:
-                s, n = scores[k]
-                # Length-normalised: longer choices are not penalised for having more tokens.
-                norm.append(s / max(1, n))
-                k += 1
-            best[qi] = (max(norm), norm.index(max(norm)))
-        acc = [float(best[i][1] == r["answer"]) for i, r in enumerate(data.mc)]
+        from .knowledge import pick
+        from .scoring import choice_scores
+
+        # Each prompt runs once for all its choices (shared-prompt scorer). No EOS after a choice:
+        # a tuned model answers in sentences, so EOS right after a bare value is improbable for
+        # *every* choice, and with length normalisation it made the longest choice win (measured:
+        # accuracy stuck at chance while QA recall rose from 0 to 0.68).
+        encoded = [
+            (chat_prompt_ids(tok, r["question"], system=system_prompt), [answer_ids(tok, c, with_eos=False) for c in r["choices"]])
+            for r in data.mc
+        ]
+        scored = choice_scores(model, encoded, batch_size=batch_size, pad_id=pad)
+        # Length-normalised per character (lm-eval's acc_norm): longer choices are not penalised.
+        acc = [float(pick(sc, r["choices"], "char") == r["answer"]) for sc, r in zip(scored, data.mc)]
         out["domain/mc_acc"] = _mean(acc)
         items["domain/mc_acc"] = acc
         for split, idx in _splits(data.mc).items():

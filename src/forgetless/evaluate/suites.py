@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 SUITES: tuple[str, ...] = ("math", "code", "knowledge_mc")
 SUITE_FILES: dict[str, Path] = {"math": MATH_FILE, "code": CODE_FILE, "knowledge_mc": KNOWLEDGE_MC}
-# What "higher is better" means for each key, for comparisons and verdicts (all are accuracies).
-HIGHER_IS_BETTER = True
 # Subset sizes for the in-loop evaluation at every checkpoint (measured in bench/eval.py: see
 # docs/benchmarks.md); `forgetless eval` uses the full files.
 IN_LOOP_LIMITS: dict[str, int] = {"math": 24, "code": 8, "knowledge_mc": 40}

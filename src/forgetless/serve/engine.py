@@ -16,6 +16,7 @@ affected requests continue on the base model from the tokens they already have, 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -114,6 +115,9 @@ class Engine:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_ids), 0)
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._loop, name="forgetless-engine", daemon=True)
+        # transformers 5.2x renamed the KV-cache argument `past_key_values` -> `cache` (the old name warns).
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._cache_kw = "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
         if router is not None:
             metrics.router_threshold.set(router.threshold)
 
@@ -239,8 +243,8 @@ class Engine:
         rows = list(jobs)
         names = self._names(rows)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, adapter_names=names, logits_to_keep=1)  # fmt: skip
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, adapter_names=names,
+                         logits_to_keep=1, **{self._cache_kw: cache})  # fmt: skip
         retry: list[tuple[Job, str]] = []
         while True:
             logits = out.logits[:, -1].float()
@@ -272,7 +276,7 @@ class Engine:
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             pos = pos[:, -1:] + 1
             out = self.model(input_ids=torch.tensor(next_tokens)[:, None], attention_mask=mask, position_ids=pos,
-                             past_key_values=cache, use_cache=True, adapter_names=names)  # fmt: skip
+                             use_cache=True, adapter_names=names, **{self._cache_kw: cache})  # fmt: skip
 
     def _sample(self, logits: torch.Tensor, job: Job) -> int:
         p = job.params
