@@ -172,6 +172,8 @@ def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     d.eval_mc = fix(d.eval_mc)
     d.eval_text = fix(d.eval_text)
     d.replay = fix(d.replay)
+    cfg.curate.replay_file = fix(cfg.curate.replay_file)
+    cfg.tokens.terms_file = fix(cfg.tokens.terms_file)
     if not cfg.run_dir.is_absolute():
         # run_dir is relative to the working directory, like every CLI tool's output folder.
         cfg.run_dir = Path.cwd() / cfg.run_dir
