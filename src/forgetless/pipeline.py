@@ -27,7 +27,7 @@ from .errors import ForgetlessError
 from .evaluate.domain import load_domain
 from .evaluate.drift import cached_reference, load_general_prompts
 from .evaluate.runner import Evaluator
-from .io import atomic_write_json, atomic_write_text, iter_jsonl
+from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import history_table, plot_curves, write_report
 from .runinfo import data_hashes, run_info
@@ -393,8 +393,9 @@ def calibrate_serving_router(cfg: RunConfig, model: torch.nn.Module, tok: Any, e
 
     domain = [m["content"] for e in examples if e.is_chat and not e.meta.get("replay") for m in (e.messages or []) if m["role"] == "user"]
     domain += [e.text for e in examples if not e.is_chat and e.text]
-    general_file = Path(__file__).parent / "serve" / "data" / "general_prompts.jsonl"
-    general = [r["prompt"] for _, r in iter_jsonl(general_file)]
+    # Calibrate on forgetless' general prompts; serve/data's separate set stays held out for
+    # measuring the router's AUROC (tests and bench/serve_router.py).
+    general = [p["prompt"] for p in load_general_prompts()]
     if len(domain) < 4:
         console.print("[yellow]router not calibrated: fewer than 4 domain texts[/]")
         return None
