@@ -203,7 +203,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     atomic_write_json(run_dir / A.SUMMARY, summary)
     plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=cfg.budget.general_kl)
     write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary, scale_curve=scale_curve)
+    from .deploy.report_html import write_report as write_html_report
+
+    write_html_report(run_dir)  # the same, offline in a browser: curves embedded, lineage, verdict
     print_table(console, history, summary)
+    console.print(f"run folder: {run_dir} (report.md, report.html, curves.png, adapter/)")
     return summary
 
 
