@@ -42,6 +42,21 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[
         yield order[s : s + batch_size]
 
 
+def _left_padded(prompts: Sequence[Sequence[int]], idx: list[int], pad: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Ids and attention mask for ``prompts[idx]``, left-padded to the longest.
+
+    Left padding puts every row's last real token at the same position, so generated tokens line up.
+    """
+    width = max(len(prompts[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(prompts[i])
+        ids[row, width - n :] = torch.tensor(list(prompts[i]))
+        mask[row, width - n :] = 1
+    return ids, mask, width
+
+
 @torch.no_grad()
 def iter_continuation_logprobs(
     model: PreTrainedModel,
@@ -110,14 +125,7 @@ def generate_greedy(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[list[int]] = [[] for _ in prompts]
     for idx in _length_sorted_batches([len(p) for p in prompts], batch_size):
-        width = max(len(prompts[i]) for i in idx)
-        # Left padding: every row's last real token sits at the same position, so new tokens line up.
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(prompts[i])
-            ids[row, width - n :] = torch.tensor(list(prompts[i]))
-            mask[row, width - n :] = 1
+        ids, mask, width = _left_padded(prompts, idx, pad)
         gen = model.generate(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
@@ -263,13 +271,7 @@ def generate_greedy_until(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[str] = ["" for _ in prompts]
     for idx in _length_sorted_batches([len(p) for p in prompts], batch_size):
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(prompts[i])
-            ids[row, width - n :] = torch.tensor(list(prompts[i]))
-            mask[row, width - n :] = 1
+        ids, mask, width = _left_padded(prompts, idx, pad)
         gen = model.generate(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
