@@ -57,6 +57,14 @@ def _left_padded(prompts: Sequence[Sequence[int]], idx: list[int], pad: int) -> 
     return ids, mask, width
 
 
+def _greedy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor, pad: int, max_new_tokens: int, **kw: object) -> torch.Tensor:
+    """``model.generate`` with greedy decoding; sampling knobs from the model's generation config are cleared."""
+    return model.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+        pad_token_id=pad, eos_token_id=tok.eos_token_id, temperature=None, top_p=None, top_k=None, **kw,
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def iter_continuation_logprobs(
     model: PreTrainedModel,
@@ -126,17 +134,7 @@ def generate_greedy(
     out: list[list[int]] = [[] for _ in prompts]
     for idx in _length_sorted_batches([len(p) for p in prompts], batch_size):
         ids, mask, width = _left_padded(prompts, idx, pad)
-        gen = model.generate(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
+        gen = _greedy(model, tok, ids.to(dev), mask.to(dev), pad, max_new_tokens)
         for row, i in enumerate(idx):
             new = gen[row, width:].tolist()
             if tok.eos_token_id in new:
@@ -272,18 +270,8 @@ def generate_greedy_until(
     out: list[str] = ["" for _ in prompts]
     for idx in _length_sorted_batches([len(p) for p in prompts], batch_size):
         ids, mask, width = _left_padded(prompts, idx, pad)
-        gen = model.generate(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=tok.eos_token_id,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            stopping_criteria=StoppingCriteriaList([_StopOnText(tok, width, stop_strings)]) if stop_strings else None,
-        )
+        stop = StoppingCriteriaList([_StopOnText(tok, width, stop_strings)]) if stop_strings else None
+        gen = _greedy(model, tok, ids.to(dev), mask.to(dev), pad, max_new_tokens, stopping_criteria=stop)
         for row, i in enumerate(idx):
             new = gen[row, width:].tolist()
             if tok.eos_token_id in new:
