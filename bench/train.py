@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train.py [--steps 6] [--warmup 2] [--batch-size 8] [--max-length 256]
                                     [--modes hf,forgetless,full] [--threads 0] [--profile]
+    .venv/bin/python bench/train.py --modes hf,hf-bf16,forgetless-fp32,forgetless-dropout,forgetless,full
 
 Same model (embedded smollm2-135m-instruct), same data (examples/data/pharma/docs.jsonl +
 train_qa.jsonl), same optimizer settings and the same number of sequences per step in every mode:
@@ -9,10 +10,14 @@ train_qa.jsonl), same optimizer settings and the same number of sequences per st
 - ``hf``: what a user of transformers + PEFT typically writes: tokenize each example (chat
   template for chats), ``DataCollatorForLanguageModeling`` padding each batch to its longest
   example, LoRA r16 alpha 32 dropout 0.05 on all linear layers, plain ``Trainer``.
-- ``forgetless``: forgetless' own path: packed rows with per-example attention, the pipeline's
-  ``build_trainer`` (ForgetlessTrainer) and adapter settings (LoRA r16 alpha 32 dropout 0.05 on
-  all linear layers).
+- ``forgetless``: forgetless' own path with its defaults: packed rows with per-example attention,
+  the pipeline's ``build_trainer`` (ForgetlessTrainer), LoRA r16 alpha 32 on all linear layers,
+  dropout 0, and ``train.precision: auto`` (bf16 mixed precision on an AMX CPU or a bf16 GPU).
 - ``full``: the same forgetless path with ``lora.mode=full`` (every weight trained).
+- ``hf-bf16``: ``hf`` with ``bf16=True`` (mixed precision, which a plain script has to ask for);
+  ``forgetless-fp32``: forgetless with ``train.precision=fp32``; ``forgetless-dropout``: forgetless
+  with ``lora.dropout=0.05`` (hf's setting). They separate what packing, precision and dropout
+  each contribute.
 
 Tokens/s counts *real* tokens only (padding excluded), over the ``--steps`` steps after
 ``--warmup`` steps, wall time from the end of the last warm-up step to the end of the last step
@@ -62,7 +67,7 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def hf_trainer(model_name: str, batch_size: int, max_length: int, steps: int, out: str) -> tuple[Any, CountingCollator]:
+def hf_trainer(model_name: str, batch_size: int, max_length: int, steps: int, out: str, *, bf16: bool = False) -> tuple[Any, CountingCollator]:
     """(a) The typical transformers + PEFT script."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -81,12 +86,14 @@ def hf_trainer(model_name: str, batch_size: int, max_length: int, steps: int, ou
     collate = CountingCollator(DataCollatorForLanguageModeling(tok, mlm=False))
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=2e-4,
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0,
+        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True, seed=0, bf16=bf16,
     )  # fmt: skip
     return Trainer(model=model, args=args, train_dataset=ds, data_collator=collate), collate
 
 
-def forgetless_trainer(model_name: str, batch_size: int, max_length: int, steps: int, out: str, *, full: bool) -> tuple[Any, CountingCollator]:
+def forgetless_trainer(
+    model_name: str, batch_size: int, max_length: int, steps: int, out: str, *, full: bool, extra: tuple[str, ...] = ()
+) -> tuple[Any, CountingCollator]:
     """(b)/(c) forgetless' path: the pipeline's dataset, adapter and trainer, without evaluation."""
     from transformers.trainer_utils import SaveStrategy
 
@@ -100,7 +107,7 @@ def forgetless_trainer(model_name: str, batch_size: int, max_length: int, steps:
 
     cfg = load_config(None, [
         f"run_dir={out}", f"model.name={model_name}", f"data.max_length={max_length}", f"train.batch_size={batch_size}",
-        f"train.max_steps={steps}", f"lora.mode={'full' if full else 'lora'}",
+        f"train.max_steps={steps}", f"lora.mode={'full' if full else 'lora'}", *extra,
     ])  # fmt: skip
     tok = load_tokenizer(model_name)
     ds = build_dataset(tok, load_examples(DATA), max_length=max_length, packing=cfg.train.packing)
@@ -168,7 +175,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         makers: dict[str, Callable[[int], tuple[Any, CountingCollator]]] = {
             "hf": lambda n: hf_trainer(args.model, args.batch_size, args.max_length, n, f"{tmp}/hf"),
+            "hf-bf16": lambda n: hf_trainer(args.model, args.batch_size, args.max_length, n, f"{tmp}/hfb", bf16=True),
             "forgetless": lambda n: forgetless_trainer(args.model, args.batch_size, args.max_length, n, f"{tmp}/fl", full=False),
+            "forgetless-fp32": lambda n: forgetless_trainer(
+                args.model, args.batch_size, args.max_length, n, f"{tmp}/fl32", full=False, extra=("train.precision=fp32",)
+            ),
+            "forgetless-dropout": lambda n: forgetless_trainer(
+                args.model, args.batch_size, args.max_length, n, f"{tmp}/fld", full=False, extra=("lora.dropout=0.05",)
+            ),
             "full": lambda n: forgetless_trainer(args.model, args.batch_size, args.max_length, n, f"{tmp}/full", full=True),
         }
         unknown = set(modes) - set(makers)
@@ -182,16 +196,18 @@ def main() -> None:
     load = os.getloadavg()
     print(f"\n{args.steps} measured steps after {args.warmup} warm-up, batch {args.batch_size}, max length {args.max_length}, "
           f"torch threads {torch.get_num_threads()}, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")  # fmt: skip
-    print(f"{'mode':<12}{'trainable':>12}{'tokens/step':>13}{'s/step':>9}{'tokens/s':>10}{'vs hf':>8}")
+    w = max(12, *(len(m) + 2 for m in results))
+    print(f"{'mode':<{w}}{'trainable':>12}{'tokens/step':>13}{'s/step':>9}{'tokens/s':>10}{'vs hf':>8}")
     base = results.get("hf", {}).get("tokens_per_s")
     for m, r in results.items():
         rel = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
-        print(f"{m:<12}{r['trainable']:>12,}{r['tokens_per_step']:>13.0f}{r['s_per_step']:>9.2f}{r['tokens_per_s']:>10.0f}{rel:>8}")
+        print(f"{m:<{w}}{r['trainable']:>12,}{r['tokens_per_step']:>13.0f}{r['s_per_step']:>9.2f}{r['tokens_per_s']:>10.0f}{rel:>8}")
     if "forgetless" in results and "full" in results:
         fl, full = results["forgetless"], results["full"]
-        print(f"LoRA step / full step, per token: {full['tokens_per_s'] / fl['tokens_per_s']:.2f}x faster with LoRA" if fl["tokens_per_s"] > full["tokens_per_s"]
-              else f"LoRA is {fl['tokens_per_s'] / full['tokens_per_s']:.2f}x the full fine-tuning tokens/s (slower)")  # fmt: skip
-
+        # Same tokens per step in both modes, so the tokens/s ratio is the inverse cost ratio of a step.
+        ratio = fl["tokens_per_s"] / full["tokens_per_s"]
+        verdict = "cheaper" if ratio > 1 else "dearer"
+        print(f"LoRA (forgetless) vs full fine-tuning: {ratio:.2f}x the tokens/s, a LoRA step is {verdict} than a full step")
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,8 @@ from .data import Example, expand_paths, load_examples, record_to_example
 from .errors import ForgetlessError
 from .evaluate.domain import load_domain
 from .evaluate.drift import cached_reference, load_general_prompts
-from .evaluate.runner import Evaluator
+from .evaluate.precision import resolve as resolve_precision
+from .evaluate.runner import Evaluator, eval_timing, is_noop_adapter
 from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import history_table, plot_curves, write_report
@@ -92,12 +93,13 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     # 4. The base reference for general drift (cached across runs) and the evaluator.
     console.print("[bold]3/7 base reference[/] (general prompts; cached after the first run)")
     prompts = load_general_prompts(cfg.eval.general_prompts, cfg.eval.general_limit)
+    eval_precision = resolve_precision(cfg.eval.precision, device)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("base answers + log-probs", total=2 * len(prompts))
         ref, ref_path, cached = cached_reference(
             model, tok, prompts, base_fingerprint=base_fp, tokenizer_fingerprint=tok_fp,
             max_new_tokens=cfg.eval.general_max_new_tokens, topk=cfg.eval.kl_topk, batch_size=cfg.eval.batch_size,
-            system_prompt=cfg.data.system_prompt, on_batch=lambda n: bar.advance(task, n),
+            system_prompt=cfg.data.system_prompt, on_batch=lambda n: bar.advance(task, n), precision=eval_precision,
         )  # fmt: skip
     console.print(f"  {len(ref.ids)} prompts, {sum(len(a) for a in ref.answer_ids)} answer tokens ({'cached' if cached else 'computed'})")
 
@@ -114,12 +116,12 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     evaluator = Evaluator(
         tok, domain, ref, batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
         system_prompt=cfg.data.system_prompt, general_suites=tuple(cfg.eval.general_suites),
-        suite_limits=cfg.eval.suite_limits, base_cache_key=f"{base_fp}:{tok_fp}",
+        suite_limits=cfg.eval.suite_limits, base_cache_key=f"{base_fp}:{tok_fp}", precision=eval_precision,
     )  # fmt: skip
     atomic_write_json(
         run_dir / A.RUN_INFO,
         run_info(config_yaml=config_yaml, base=base_fp, tokenizer=tok_fp, data=data_hashes(train_files + eval_files),
-                 extra={"model": m.name, "device": device, "reference": ref_path.name,
+                 extra={"model": m.name, "device": device, "eval_precision": eval_precision, "train_precision": resolve_precision(cfg.train.precision, device), "reference": ref_path.name,
                         "tokenizer_extended": tokenizer_fingerprint(tok) if extension is not None else None,
                         "dataset": {"examples": len(examples), "rows": len(dataset), "replay_rows": n_replay, "tokens_per_epoch": dataset.num_tokens}}),
     )  # fmt: skip
@@ -141,7 +143,14 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     resume_from = find_resume_point(cfg, recorder, console) if resume else None
     if not any(h["step"] == 0 for h in recorder.read()):
         with console.status("evaluating the base model (step 0)"):
-            base_metrics = evaluator.evaluate(model, step=0)
+            # A fresh LoRA is an exact no-op, so step 0 is the base: scored once per base, data and
+            # settings, then read from the user cache (KL is 0 by construction).
+            if is_noop_adapter(model):
+                base_metrics, was_cached = evaluator.evaluate_base(model)
+                if was_cached:
+                    console.print("  step 0 = the base model: evaluation read from the cache")
+            else:
+                base_metrics = evaluator.evaluate(model, step=0)
             base_metrics["budget/violations"], base_metrics["budget/inside"] = [], 1.0
             recorder.record_eval(base_metrics)
     stopper = BudgetStopCallback(cfg.train.patience)
@@ -195,8 +204,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         "base": history[0] if history else None,
         "final": history[-1] if history else None,
         "budget": cfg.budget.model_dump(),
-        "timing": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
-                   "eval_s": round(sum(h.get("time/eval_general_s", 0) + h.get("time/eval_domain_s", 0) for h in history), 1)},
+        "timing": {"total_s": round(time.time() - t_start, 1), **eval_timing(history, train_s)},
         "export": export_dir.name if sel.step is not None else None,
         "router": {k: router_info[k] for k in ("method", "threshold", "calibration_auroc", "domain_to_base", "general_to_base") if k in router_info} if router_info else None,
     }  # fmt: skip
@@ -313,7 +321,7 @@ def build_trainer(
         remove_unused_columns=False,
         disable_tqdm=True,
         use_cpu=device == "cpu",
-        bf16=cfg.model.dtype == "bfloat16" and device == "cuda",
+        bf16=resolve_precision(t.precision, device) == "bf16" or (cfg.model.dtype == "bfloat16" and device == "cuda"),
         dataloader_num_workers=0,
         neftune_noise_alpha=t.neftune_alpha,
     )

@@ -5,23 +5,80 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-from forgetless.evaluate.scoring import choice_scores, continuation_scores, generate_greedy_until
+from forgetless.evaluate.scoring import (
+    choice_scores,
+    continuation_scores,
+    decode_greedy,
+    generate_greedy,
+    generate_greedy_until,
+    iter_continuation_logprobs,
+)
 from forgetless.evaluate.suites import IN_LOOP_LIMITS, SUITES, flatten_scores, general_suite_scores, suite_items
 from forgetless.testing import tiny_model, tiny_tokenizer
 
 
+# Prompts share a 2-token prefix (like a chat template's system turn) and differ in length;
+# choices differ in length; one prompt is a single token (no shared prefix possible).
+ITEMS = [
+    ([5, 6, 7, 8, 9], [[10], [11, 12, 13], [14, 15]]),
+    ([5, 6], [[16, 17], [18]]),
+    ([5, 6, 7, 8, 9, 10, 11, 12], [[13, 14, 15, 16], [20]]),
+    ([7], [[8, 9]]),
+]
+
+
+@torch.no_grad()
+def _from_scratch(model: torch.nn.Module, prompt: list[int], cont: list[int]) -> torch.Tensor:
+    """Log-softmax rows predicting ``cont``: one unpadded forward pass of prompt + continuation."""
+    logits = model(input_ids=torch.tensor([prompt + cont])).logits[0]
+    return F.log_softmax(logits[len(prompt) - 1 : len(prompt) + len(cont) - 1], dim=-1)
+
+
+def test_continuation_logprobs_equal_one_pass_per_pair() -> None:
+    model = tiny_model()
+    pairs = [(p, c) for p, cs in ITEMS for c in cs] + [([5, 6, 7], [])]  # an empty continuation too
+    for batch_size in (1, 3, len(pairs)):
+        seen = []
+        for i, lp in iter_continuation_logprobs(model, pairs, batch_size=batch_size):
+            seen.append(i)
+            want = _from_scratch(model, *pairs[i])
+            assert lp.shape == want.shape
+            assert torch.allclose(lp, want, atol=1e-4), (batch_size, i)
+        assert sorted(seen) == list(range(len(pairs)))
+
+
+def test_decode_greedy_matches_transformers_generate() -> None:
+    tok, model = tiny_tokenizer(), tiny_model()
+    # Shared 2-token prefix, different lengths, a 1-token prompt.
+    prompts = [[5, 6, 7, 8, 9], [5, 6], [5, 6, 7, 8, 9, 10, 11, 12], [7]]
+    for p in prompts:
+        want = model.generate(input_ids=torch.tensor([p]), max_new_tokens=7, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p) :].tolist()
+        (got,) = decode_greedy(model, [p], max_new_tokens=7, eos_id=None)
+        assert got == want
+        assert decode_greedy(model, prompts, max_new_tokens=7, eos_id=None)[prompts.index(p)] == want
+    # A row stops at its EOS (kept) while the others go on; `finished` stops a row early.
+    free = decode_greedy(model, prompts, max_new_tokens=7, eos_id=None)
+    eos = free[0][2]
+    stopped = decode_greedy(model, prompts, max_new_tokens=7, eos_id=eos)
+    for row, g in zip(stopped, free):
+        assert row == (g[: g.index(eos) + 1] if eos in g else g)
+    two = decode_greedy(model, prompts, max_new_tokens=7, eos_id=None, finished=lambda i, new: i == 1 and len(new) == 2)
+    assert two[1] == free[1][:2] and two[0] == free[0]
+    assert generate_greedy(model, tok, prompts, max_new_tokens=7, batch_size=2) == [
+        (g[: g.index(tok.eos_token_id) + 1] if tok.eos_token_id in g else g) for g in free
+    ]
+
+
 def test_choice_scores_equal_scoring_each_pair_from_scratch() -> None:
     model = tiny_model()
-    # Prompts share a 2-token prefix (like a chat template's system turn) and differ in length;
-    # choices differ in length; one prompt is a single token (no shared prefix possible).
-    items = [
-        ([5, 6, 7, 8, 9], [[10], [11, 12, 13], [14, 15]]),
-        ([5, 6], [[16, 17], [18]]),
-        ([5, 6, 7, 8, 9, 10, 11, 12], [[13, 14, 15, 16], [20]]),
-        ([7], [[8, 9]]),
-    ]
-    expected = continuation_scores(model, [(p, c) for p, cs in items for c in cs])
+    items = ITEMS
+    expected = [(float(_from_scratch(model, p, c).gather(1, torch.tensor(c)[:, None]).sum()), len(c)) for p, cs in items for c in cs]
+    got = continuation_scores(model, [(p, c) for p, cs in items for c in cs])
+    assert [n for _, n in got] == [n for _, n in expected]
+    assert [a for a, _ in got] == pytest.approx([a for a, _ in expected], abs=1e-4)
     for batch_size in (1, 2, 4):
         got = [s for row in choice_scores(model, items, batch_size=batch_size) for s in row]
         assert [n for _, n in got] == [n for _, n in expected]

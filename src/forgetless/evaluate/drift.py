@@ -149,15 +149,27 @@ def cached_reference(
     batch_size: int = 16,
     system_prompt: str | None = None,
     on_batch: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> tuple[GeneralReference, Path, bool]:
-    """Load the reference from the user cache, or build and cache it. Returns (ref, path, was_cached)."""
+    """Load the reference from the user cache, or build and cache it. Returns (ref, path, was_cached).
+
+    ``precision`` (resolved: fp32 or bf16) is the one the tuned model will be evaluated under: the
+    reference is built under it, so rounding does not show up as drift.
+    """
+    from . import precision as prec
+
     key = sha256_json(
-        {"v": 1, "base": base_fingerprint, "tok": tokenizer_fingerprint, "prompts": prompts, "n": max_new_tokens, "k": topk, "sys": system_prompt}
-    )[:32]
+        {"v": 2, "base": base_fingerprint, "tok": tokenizer_fingerprint, "prompts": prompts, "n": max_new_tokens, "k": topk,
+         "sys": system_prompt, "prec": precision}
+    )[:32]  # fmt: skip
     path = cache_dir("reference") / f"general-{key}.safetensors"
     if path.exists():
         return GeneralReference.load(path), path, True
-    ref = build_reference(base, tok, prompts, max_new_tokens=max_new_tokens, topk=topk, batch_size=batch_size, system_prompt=system_prompt, on_batch=on_batch)
+    with prec.autocast(precision, next(base.parameters()).device):
+        ref = build_reference(
+            base, tok, prompts, max_new_tokens=max_new_tokens, topk=topk, batch_size=batch_size, system_prompt=system_prompt, on_batch=on_batch
+        )  # fmt: skip
+    ref.meta["precision"] = precision
     ref.save(path)
     return ref, path, False
 
