@@ -100,7 +100,7 @@ def forgetless_trainer(
     from forgetless.config import load_config
     from forgetless.data import load_examples
     from forgetless.models import load_model, load_tokenizer
-    from forgetless.pipeline import build_trainer
+    from forgetless.train.build import build_trainer
     from forgetless.train.adapters import attach_adapter
     from forgetless.train.callbacks import EvalScheduleCallback, MetricsRecorder
     from forgetless.train.dataset import build_dataset

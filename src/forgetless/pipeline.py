@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
+from transformers import set_seed
 
 from . import artifacts as A
 from .config import RunConfig, dump_config
@@ -35,12 +35,12 @@ from .runinfo import data_hashes, run_info
 from .train.adapters import attach_adapter, is_peft, trainable_parameters
 from .train.budget import BudgetJudge, BudgetStopCallback
 from .train.calibrate import bake_scale, load_adapter_weights, sweep_scales
-from .train.callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback, is_main_process
+from .train.callbacks import MetricsRecorder, is_main_process
 from .train.checkpoints import checkpoint_step, last_complete, remove_incomplete
 from .train.dataset import PackedCollator, PackedDataset, build_dataset
 from .train.regularizers import Regularizers, estimate_fisher
 from .train.select import budget_violations, domain_score, primary_metric, select_checkpoint
-from .train.trainer import ForgetlessTrainer
+from .train.build import build_trainer
 
 
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -279,77 +279,6 @@ def find_resume_point(cfg: RunConfig, recorder: MetricsRecorder, console: Consol
         return None
     console.print(f"  resuming from {last.name}")
     return str(last)
-
-
-def build_trainer(
-    cfg: RunConfig,
-    model: torch.nn.Module,
-    tok: Any,
-    dataset: Any,
-    evaluator: Evaluator,
-    recorder: MetricsRecorder,
-    *,
-    total_steps: int,
-    every: int,
-    device: str,
-    console: Console | None = None,
-    regularizers: Regularizers | None = None,
-    judge: BudgetJudge | None = None,
-    extra_callbacks: list[Any] | None = None,
-    token_lr: float | None = None,
-) -> ForgetlessTrainer:
-    """The HF Trainer as forgetless configures it: checkpoint + both suites every ``every`` steps."""
-    t = cfg.train
-    args = TrainingArguments(
-        output_dir=str(cfg.run_dir / A.CHECKPOINTS_DIR),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of total steps in transformers 5
-        lr_scheduler_type=t.lr_scheduler,
-        max_steps=total_steps,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=every,
-        save_total_limit=t.keep_checkpoints or None,
-        eval_strategy="no",  # EvalScheduleCallback triggers our own evaluate() with each save
-        report_to="none",  # MetricsRecorder writes TensorBoard itself, step 0 included
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-        use_cpu=device == "cpu",
-        bf16=resolve_precision(t.precision, device) == "bf16" or (cfg.model.dtype == "bfloat16" and device == "cuda"),
-        dataloader_num_workers=0,
-        neftune_noise_alpha=t.neftune_alpha,
-    )
-    optimizers: tuple[Any, Any] = (None, None)
-    if token_lr is not None:
-        # New embedding rows get their own group: their own LR, and no weight decay (which would
-        # pull them towards zero, not towards their initialisation).
-        from .tokens.extend import param_groups
-
-        groups = param_groups(model, lr=t.lr, token_lr=token_lr, weight_decay=t.weight_decay)
-        optimizers = (torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay), None)
-    log_cb = LogCallback(recorder)
-    trainer = ForgetlessTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=PackedCollator(pad_id=tok.pad_token_id or 0),
-        evaluator=evaluator,
-        recorder=recorder,
-        regularizers=regularizers,
-        judge=judge,
-        callbacks=[EvalScheduleCallback(every), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
-        optimizers=optimizers,
-    )
-    # Our Rich bar and metrics files replace the Trainer's own printing.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    return trainer
 
 
 def calibrate_scale(

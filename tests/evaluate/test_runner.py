@@ -79,3 +79,25 @@ def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError):
         with prec.autocast("fp8", "cpu"):
             pass
+
+
+def test_cast_frozen_linears_is_exact_and_restores() -> None:
+    model = _lora()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    x = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), prec.autocast("bf16", "cpu"):
+        want = model(input_ids=x).logits
+        with prec.cast_frozen_linears(model, "bf16"):
+            q = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+            assert q.weight.dtype == torch.bfloat16
+            got = model(input_ids=x).logits
+    assert torch.equal(got, want)  # the same bf16 values autocast would make: bit-identical
+    after = dict(model.named_parameters())
+    assert all(after[n] is p and p.dtype == torch.float32 for n, p in frozen.items())
+    # fp32 is a no-op
+    with prec.cast_frozen_linears(model, "fp32"):
+        assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32

@@ -73,7 +73,7 @@ def test_only_lora_parameters_change(tiny_run: Path) -> None:
     from forgetless.evaluate.drift import build_reference, load_general_prompts
     from forgetless.evaluate.runner import Evaluator
     from forgetless.models import load_tokenizer
-    from forgetless.pipeline import build_trainer
+    from forgetless.train.build import build_trainer
     from forgetless.train.adapters import attach_adapter
     from forgetless.train.callbacks import MetricsRecorder
     from forgetless.train.dataset import build_dataset

@@ -98,7 +98,7 @@ def test_trainer_adds_weighted_terms(tiny_run) -> None:  # noqa: ANN001
     from forgetless.evaluate.domain import DomainData
     from forgetless.evaluate.drift import GeneralReference
     from forgetless.evaluate.runner import Evaluator
-    from forgetless.pipeline import build_trainer
+    from forgetless.train.build import build_trainer
     from forgetless.testing import tiny_tokenizer
     from forgetless.train.callbacks import MetricsRecorder
     from forgetless.train.dataset import PackedCollator, build_dataset

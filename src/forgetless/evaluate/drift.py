@@ -165,7 +165,7 @@ def cached_reference(
     path = cache_dir("reference") / f"general-{key}.safetensors"
     if path.exists():
         return GeneralReference.load(path), path, True
-    with prec.autocast(precision, next(base.parameters()).device):
+    with prec.evaluating(base, precision):
         ref = build_reference(
             base, tok, prompts, max_new_tokens=max_new_tokens, topk=topk, batch_size=batch_size, system_prompt=system_prompt, on_batch=on_batch
         )  # fmt: skip

@@ -47,3 +47,41 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
         raise ValueError(f"unknown precision {precision!r}")
     with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
         yield
+
+
+@contextlib.contextmanager
+def cast_frozen_linears(model: torch.nn.Module, precision: str) -> Iterator[None]:
+    """For the duration, every frozen ``nn.Linear`` weight is replaced by a bf16 copy (CPU + bf16 only).
+
+    autocast caches its bf16 casts only for weights that require grad; a frozen base weight is
+    cast again on every call, which dominates small forward passes such as decode steps. A copy
+    made once holds the same bf16 values autocast would produce (round to nearest even), so the
+    results are unchanged. The originals are put back afterwards (tied weights included: only the
+    Linear's reference is swapped, never the tensor). Costs half the frozen weights' fp32 size in
+    extra memory while active, which is why it is limited to the CPU.
+    """
+    if precision != "bf16" or next(model.parameters()).device.type != "cpu":
+        yield
+        return
+    saved: list[tuple[torch.nn.Module, torch.nn.Parameter]] = []
+    copies: dict[int, torch.nn.Parameter] = {}  # one copy per tensor (a tied weight is cast once)
+    try:
+        for mod in model.modules():
+            w = mod._parameters.get("weight") if isinstance(mod, torch.nn.Linear) else None
+            if w is None or w.requires_grad or w.dtype != torch.float32:
+                continue
+            if id(w) not in copies:
+                copies[id(w)] = torch.nn.Parameter(w.detach().to(torch.bfloat16), requires_grad=False)
+            saved.append((mod, w))
+            mod._parameters["weight"] = copies[id(w)]
+        yield
+    finally:
+        for mod, w in saved:
+            mod._parameters["weight"] = w
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module, precision: str) -> Iterator[None]:
+    """Everything evaluation runs under: autocast at ``precision`` plus :func:`cast_frozen_linears`."""
+    with autocast(precision, next(model.parameters()).device), cast_frozen_linears(model, precision):
+        yield

@@ -68,7 +68,7 @@ class Evaluator:
             ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
             was = model.training
             model.eval()
-            with ctx, prec.autocast(self.precision, _device(model)):
+            with ctx, prec.evaluating(model, self.precision):
                 self.base_scores = self._suites(model, cache_key=self.base_cache_key)
             model.train(was)
         return self.base_scores
@@ -108,7 +108,7 @@ class Evaluator:
         model.eval()
         t0 = time.perf_counter()
         try:
-            with prec.autocast(self.precision, _device(model)):
+            with prec.evaluating(model, self.precision):
                 pad = self.tok.pad_token_id or 0
                 drift = general_drift(model, self.reference, batch_size=self.batch_size, pad_id=pad)
                 scores = self._suites(model, cache_key=None)
@@ -141,10 +141,6 @@ class Evaluator:
         metrics["time/eval_general_s"] = round(t1 - t0, 3)
         metrics["time/eval_domain_s"] = round(t2 - t1, 3)
         return metrics
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def is_noop_adapter(model: torch.nn.Module) -> bool:
