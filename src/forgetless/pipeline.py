@@ -154,6 +154,8 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
             base_metrics["budget/violations"], base_metrics["budget/inside"] = [], 1.0
             recorder.record_eval(base_metrics)
     stopper = BudgetStopCallback(cfg.train.patience)
+    if resume_from is not None:
+        stopper.restore(recorder.read())  # evaluations before the checkpoint still count towards patience
     trainer = build_trainer(cfg, model, tok, dataset, evaluator, recorder, total_steps=total_steps, every=every, device=device,
                             console=console, regularizers=regs, judge=judge, extra_callbacks=[stopper],
                             token_lr=cfg.tokens.lr if extension is not None else None)  # fmt: skip

@@ -75,3 +75,24 @@ def test_none_inside_keeps_the_base() -> None:
 def test_stored_accuracy_violation_is_honoured() -> None:
     hist = [HISTORY[0], {**HISTORY[3], "budget/violations": ["math dropped 12.5 pp (...)"]}, HISTORY[1]]
     assert select_checkpoint(hist, BudgetConfig(general_accuracy_drop=1.0)).step == 10
+
+
+def test_stopper_counter_survives_a_resume() -> None:
+    """Outside, outside | crash and resume | outside: with patience 3 the run stops at the first
+    evaluation after the resume, as it would have without the crash."""
+    recorded = [
+        {"step": 0, "budget/inside": 1.0},
+        {"step": 10, "budget/inside": 1.0},
+        {"step": 20, "budget/inside": 0.0},
+        {"step": 30, "budget/inside": 0.0},
+    ]
+    cb = BudgetStopCallback(3)
+    cb.restore(recorded)
+    assert cb.outside_in_a_row == 2
+    state, control = TrainerState(global_step=40), TrainerControl()
+    args = TrainingArguments(output_dir="/tmp/unused", report_to="none")
+    control = cb.on_evaluate(args, state, control, metrics={"budget/inside": 0.0})
+    assert control.should_training_stop and cb.stopped_at == 40
+    # An inside evaluation resets the run; order in the file does not matter.
+    cb.restore([recorded[3], {"step": 35, "budget/inside": 1.0}, recorded[2]])
+    assert cb.outside_in_a_row == 0

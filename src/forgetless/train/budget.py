@@ -53,6 +53,20 @@ class BudgetStopCallback(TrainerCallback):
         self.outside_in_a_row = 0
         self.stopped_at: int | None = None
 
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Rebuild the counter from the evaluations recorded before a resume point.
+
+        The Trainer does not checkpoint this callback's state, so without this a resumed run would
+        forget evaluations already outside the budget and stop ``patience`` evaluations late. The
+        step-0 base evaluation is always inside. If the recorded run had already reached
+        ``patience``, it stops at its next evaluation (one interval later than without the crash).
+        """
+        run = 0
+        for h in sorted(history, key=lambda h: h["step"]):
+            if h["step"] > 0 and "budget/inside" in h:
+                run = 0 if bool(h["budget/inside"]) else run + 1
+        self.outside_in_a_row = run
+
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, Any] | None = None, **kw: Any) -> TrainerControl:
         inside = bool(metrics.get("budget/inside", 1.0)) if metrics else True
         self.outside_in_a_row = 0 if inside else self.outside_in_a_row + 1
