@@ -153,14 +153,15 @@ def cached_reference(
 ) -> tuple[GeneralReference, Path, bool]:
     """Load the reference from the user cache, or build and cache it. Returns (ref, path, was_cached).
 
-    ``precision`` (resolved: fp32 or bf16) is the one the tuned model will be evaluated under: the
-    reference is built under it, so rounding does not show up as drift.
+    ``precision`` (resolved: fp32 or bf16) and ``batch_size`` are those the tuned model will be
+    evaluated with: the reference is built the same way, so rounding does not show up as drift (in
+    bf16, scoring the same model in batches of 16 or 64 measured KL 0.001355 vs 0.001327).
     """
     from . import precision as prec
 
     key = sha256_json(
         {"v": 2, "base": base_fingerprint, "tok": tokenizer_fingerprint, "prompts": prompts, "n": max_new_tokens, "k": topk,
-         "sys": system_prompt, "prec": precision}
+         "sys": system_prompt, "prec": precision, "batch": batch_size}
     )[:32]  # fmt: skip
     path = cache_dir("reference") / f"general-{key}.safetensors"
     if path.exists():
