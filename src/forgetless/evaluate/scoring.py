@@ -8,6 +8,7 @@ reuse a prompt across several continuations.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -169,23 +170,7 @@ def decode_greedy(
         return [[] for _ in prompts]
     dev = _device(model)
     rows = [list(p) for p in prompts]
-    if any(not p for p in rows):
-        raise ValueError("empty prompt")
-    shared = min(_common_prefix_len(rows), min(len(p) for p in rows) - 1)
-    cache = _prefix_cache(model, rows[0][:shared], len(rows))
-    width = max(len(p) - shared for p in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
-    mask[:, :shared] = 1
-    for r, p in enumerate(rows):
-        ids[r, width - (len(p) - shared) :] = torch.tensor(p[shared:])
-        mask[r, shared + width - (len(p) - shared) :] = 1
-    # Explicit positions: with left padding, real tokens must still count 0, 1, 2, ...
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    res = model(
-        input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos[:, shared:].to(dev),
-        cache=cache, use_cache=True, logits_to_keep=1,
-    )  # fmt: skip
+    res, mask, pos = _prompt_pass(model, rows, pad_id)
     cache, nxt = _cache_of(res), res.logits[:, -1].argmax(-1)
     mask, last = mask.to(dev), pos[:, -1].to(dev)
     out: list[list[int]] = [[] for _ in rows]
@@ -247,32 +232,7 @@ def choice_scores(
     dev = _device(model)
     out: list[list[tuple[float, int]]] = [[] for _ in items]
     for idx in _length_sorted_batches([len(p) for p, _ in items], batch_size):
-        prompts = [list(items[i][0]) for i in idx]
-        if any(not p for p in prompts):
-            raise ValueError("empty prompt")
-        # Keep at least one token per row after the shared prefix: its logits predict the choices.
-        shared = min(_common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
-        cache = _prefix_cache(model, prompts[0][:shared], len(idx))
-        width = max(len(p) - shared for p in prompts)
-        # Left padding of the part after the shared prefix: every prompt ends in the same column,
-        # so its last logits sit in column -1 and all choices start at the same cache position.
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        for row, p in enumerate(prompts):
-            n = len(p) - shared
-            ids[row, width - n :] = torch.tensor(p[shared:])
-            mask[row, shared + width - n :] = 1
-        # Explicit positions: with padding in between, real tokens must still count 0, 1, 2, ...
-        pos = (mask.cumsum(1) - 1).clamp(min=0)
-        res = model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=pos[:, shared:].to(dev),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        res, mask, pos = _prompt_pass(model, [list(items[i][0]) for i in idx], pad_id)
         first_lp = F.log_softmax(res.logits[:, -1].float(), dim=-1)  # predicts each choice's first token
         cache = _cache_of(res)
 
@@ -304,6 +264,36 @@ def choice_scores(
                 total += float(lp.gather(1, torch.tensor(c[1:], device=lp.device)[:, None]).sum())
             out[i].append((total, len(c)))
     return out
+
+
+def _prompt_pass(model: PreTrainedModel, prompts: list[list[int]], pad_id: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run a batch of prompts once, keeping their KV cache and each row's last logits.
+
+    The prefix all prompts share runs once (:func:`_prefix_cache`; at least one token per row is
+    left after it, so every row has logits for its next token); the rest is left-padded so every
+    prompt ends in the last column. Returns ``(model output, attention mask, positions)``, mask
+    and positions on the CPU and covering the shared prefix too.
+    """
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt")
+    dev = _device(model)
+    shared = min(_common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
+    cache = _prefix_cache(model, prompts[0][:shared], len(prompts))
+    width = max(len(p) - shared for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for row, p in enumerate(prompts):
+        n = len(p) - shared
+        ids[row, width - n :] = torch.tensor(p[shared:])
+        mask[row, shared + width - n :] = 1
+    # Explicit positions: with padding in between, real tokens must still count 0, 1, 2, ...
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    res = model(
+        input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos[:, shared:].to(dev),
+        cache=cache, use_cache=True, logits_to_keep=1,
+    )  # fmt: skip
+    return res, mask, pos
 
 
 def _cache_of(res: object) -> object:
