@@ -68,6 +68,14 @@ def bench_ours(path: Path, corpus: PlantedCorpus, cfg: CurateConfig) -> dict:
     return {"name": "ours (run_curate, end to end)", "seconds": dt, "docs_s": len(corpus.records) / dt, "recall": rec, "precision": prec, "timings": res.report["timings_s"]}
 
 
+def _near_of(store: dedup.SignatureStore, cfg: CurateConfig) -> np.ndarray:
+    """Close ``store`` and resolve near-duplicates: LSH candidates confirmed on the full signature."""
+    store.close()
+    ci, cj = dedup.candidate_pairs(store)
+    ok = dedup.estimate_jaccard(store.signatures(), ci, cj) >= cfg.threshold
+    return dedup.resolve_near(store.n, ci[ok], cj[ok], np.zeros(store.n, dtype=bool))
+
+
 def bench_ours_dedup_only(path: Path, corpus: PlantedCorpus, cfg: CurateConfig) -> dict:
     """Our dedup path doing the same work as the datasketch loop (read, tokenize, sign, LSH,
     resolve), without cleaning, filters, flags or outputs."""
@@ -84,10 +92,7 @@ def bench_ours_dedup_only(path: Path, corpus: PlantedCorpus, cfg: CurateConfig) 
                     batch = []
         if batch:
             store.append(dedup.shingle_hash_matrix(batch, cfg.shingle_size, cfg.num_perm, cfg.seed))
-        store.close()
-        ci, cj = dedup.candidate_pairs(store)
-        ok = dedup.estimate_jaccard(store.signatures(), ci, cj) >= cfg.threshold
-        near = dedup.resolve_near(store.n, ci[ok], cj[ok], np.zeros(store.n, dtype=bool))
+        near = _near_of(store, cfg)
     finally:
         store.cleanup()
     dt = time.perf_counter() - t
@@ -121,10 +126,7 @@ def _recall_from_signatures(corpus: PlantedCorpus, sig: np.ndarray, cfg: CurateC
     store = dedup.SignatureStore(cfg.num_perm, b, r)
     try:
         store.append(sig)
-        store.close()
-        ci, cj = dedup.candidate_pairs(store)
-        ok = dedup.estimate_jaccard(store.signatures(), ci, cj) >= cfg.threshold
-        near = dedup.resolve_near(store.n, ci[ok], cj[ok], np.zeros(store.n, dtype=bool))
+        near = _near_of(store, cfg)
     finally:
         store.cleanup()
     return recall_precision(corpus, {i: int(j) for i, j in enumerate(near) if j >= 0})
