@@ -2,9 +2,9 @@
 
 Three streaming passes over the input, none of which keeps record texts in memory:
 
-1. **boilerplate scan**: count which lines of multi-line texts recur across records (a fixed-size
-   count-min sketch) to find headers, footers and navigation. Records whose raw JSON line cannot
-   contain a line break are skipped without being parsed.
+1. **boilerplate scan** (:mod:`forgetless.curate.scan`): count which lines of multi-line texts
+   recur across records (a fixed-size count-min sketch) to find headers, footers and navigation.
+   Records whose raw JSON line cannot contain a line break are skipped without being parsed.
 2. **clean + sign**: clean each record, apply the quality filters, hash it for exact duplicates,
    MinHash it for near-duplicates (signatures go to temporary files) and count its rare-term
    candidates; cleaned candidates are spilled to a temporary JSONL file. Duplicates are then
@@ -23,14 +23,13 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from .. import artifacts
 from ..data import expand_paths
@@ -38,13 +37,14 @@ from ..errors import ForgetlessError
 from ..io import atomic_write_json, atomic_write_text
 from ..train.config import DEFAULT_MODEL
 from . import dedup
-from .clean import CountMinSketch, clean_record, quality_reject, record_lines, record_text, str_hashes, words_and_terms
+from .clean import CountMinSketch, clean_record, quality_reject, record_text, str_hashes, words_and_terms
 from .config import CurateConfig
 from .diversity import diversity_report, warnings
 from .output import WriteState, json_line, write_outputs
-from .reader import RawRecord, iter_records
+from .reader import iter_records
 from .replay import count_replay_file, interleave_positions, iter_replay_file, replay_count, self_generated_replay
 from .report import render_markdown
+from .scan import cms_width, find_boilerplate, progress_bar, with_progress
 
 # Status codes per record (uint8 array): everything but KEPT is a reject reason.
 KEPT = 0
@@ -62,7 +62,6 @@ REASONS = [
 ]
 CODE = {r: i for i, r in enumerate(REASONS)}
 SIGNATURE_BATCH = 2048  # records per rensa call: large enough to amortise the call, small in RAM
-_PROGRESS_EVERY = 2048  # records between progress-bar updates (an update costs more than a record)
 
 
 @dataclass
@@ -84,76 +83,6 @@ class CurateResult:
     def rejected(self) -> int:
         """Records rejected, all reasons."""
         return int(self.report["counts"]["rejected"])
-
-
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=console is None,
-        transient=True,
-    )
-
-
-def _cms_width(total_bytes: int) -> int:
-    # About one counter per 16 input bytes (a line is rarely shorter), between 64 Ki and 4 Mi
-    # counters: 1 MiB to 64 MiB for the 4-row sketch, whatever the input size.
-    want = max(1 << 16, min(1 << 22, total_bytes // 16))
-    return 1 << (want - 1).bit_length()
-
-
-def _with_progress(records: Iterator[RawRecord], progress: Progress, label: str, total: int) -> Iterator[RawRecord]:
-    """Pass ``records`` through, advancing a byte-based progress bar every few thousand records."""
-    task = progress.add_task(label, total=total)
-    pending, n = 0, 0
-    for r in records:
-        pending += r.nbytes + 1
-        n += 1
-        if n % _PROGRESS_EVERY == 0:
-            progress.advance(task, pending)
-            pending = 0
-        yield r
-    progress.update(task, visible=False)
-
-
-def _may_have_lines(rid: int, raw: bytes) -> bool:
-    """False when a raw record cannot hold two lines: no newline/CR (escaped or not), no tag."""
-    return b"\\n" in raw or b"\n" in raw or b"\\r" in raw or b"<" in raw or b"\\u003c" in raw or b"\\u003C" in raw
-
-
-def _find_boilerplate(files: list[Path], cfg: CurateConfig, progress: Progress, total: int) -> tuple[frozenset[str], int]:
-    """Pass 1: lines found in at least the threshold number of records' multi-line texts."""
-    cms = CountMinSketch(_cms_width(total))
-    candidates: set[str] = set()
-    n_records = 0
-    buf: list[str] = []
-
-    def flush() -> None:
-        keys = str_hashes(buf)
-        cms.add(keys)
-        # Counts only grow, so a line at the lower bound now is a candidate for the final threshold.
-        est = cms.query(keys).tolist()
-        candidates.update(ln for ln, c in zip(buf, est) if c >= cfg.boilerplate_min_docs)
-        buf.clear()
-
-    for r in _with_progress(iter_records(files, want=_may_have_lines), progress, "boilerplate scan", total):
-        n_records += 1
-        if r.rec is None:
-            continue
-        buf.extend(set(record_lines(r.rec, cfg)))  # distinct per record: document frequency
-        if len(buf) >= 65536:
-            flush()
-    flush()
-    threshold = max(cfg.boilerplate_min_docs, int(np.ceil(cfg.boilerplate_min_share * n_records)))
-    if not candidates:
-        return frozenset(), threshold
-    cand = list(candidates)
-    est = cms.query(str_hashes(cand)).tolist()
-    return frozenset(c for c, e in zip(cand, est) if e >= threshold), threshold
 
 
 def run_curate(
@@ -192,15 +121,15 @@ def run_curate(
 
     bands, rows = dedup.lsh_params(cfg.threshold, cfg.num_perm)
     store = dedup.SignatureStore(cfg.num_perm, bands, rows, dir=out_dir)
-    term_cms = CountMinSketch(_cms_width(total)) if cfg.rare_term_max_docs else None
+    term_cms = CountMinSketch(cms_width(total)) if cfg.rare_term_max_docs else None
     spill_path = store.tmp / "candidates.jsonl"
     try:
-        with _progress(console) as progress:
+        with progress_bar(console) as progress:
             # --- pass 1: boilerplate lines ------------------------------------------------------
             t = time.perf_counter()
             boiler, boiler_threshold = (frozenset(), 0)
             if cfg.boilerplate_min_docs:
-                boiler, boiler_threshold = _find_boilerplate(files, cfg, progress, total)
+                boiler, boiler_threshold = find_boilerplate(files, cfg, progress, total)
             timings["boilerplate_s"] = time.perf_counter() - t
 
             # --- pass 2: clean, filter, hash, sign, spill -----------------------------------------
@@ -217,7 +146,7 @@ def run_curate(
                 term_buf.clear()
 
             with open(spill_path, "w", encoding="utf-8") as spill:
-                for rid, r in enumerate(_with_progress(iter_records(files, stats), progress, "clean + sign", total)):
+                for rid, r in enumerate(with_progress(iter_records(files, stats), progress, "clean + sign", total)):
                     file_of.append(r.file_index)
                     line_of.append(r.line)
                     if r.rec is None:
@@ -272,7 +201,7 @@ def run_curate(
             )
             want: Callable[[int, bytes], bool] = lambda rid, raw: status_np[rid] != KEPT  # noqa: E731 - parse rejects only
             with open(spill_path, encoding="utf-8") as spill:
-                write_outputs(_with_progress(iter_records(files, want=want), progress, "write", total), spill, out_dir, cfg, st)
+                write_outputs(with_progress(iter_records(files, want=want), progress, "write", total), spill, out_dir, cfg, st)
             timings["write_s"] = time.perf_counter() - t
             t = time.perf_counter()
             kept_lengths = np.frombuffer(st.kept_lengths, dtype=np.uint32) if len(st.kept_lengths) else np.zeros(0, np.uint32)
