@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
-
 import torch
-
-Precision = Literal["auto", "fp32", "bf16"]
-
 
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU has AMX tiles (bf16 matmuls in hardware); without them bf16 is no faster."""
