@@ -58,7 +58,7 @@ class Evaluator:
 
         return general_suite_scores(
             model, self.tok, limit_per_suite=dict(self.suite_limits or {}), batch_size=self.batch_size,
-            cache_key=f"{cache_key}:{self.precision}" if cache_key else None, suites=self.general_suites,
+            cache_key=f"{cache_key}:{self.precision}:b{self.batch_size}" if cache_key else None, suites=self.general_suites,
         )  # fmt: skip
 
     @torch.no_grad()
