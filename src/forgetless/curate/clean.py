@@ -251,6 +251,41 @@ class CountMinSketch:
 
 
 def str_hashes(items: list[str] | set[str] | tuple[str, ...]) -> np.ndarray:
-    """64-bit hashes of strings. Python's ``hash`` is salted per process, which is fine: every
-    pass of one curate run happens in the same process."""
+    """64-bit hashes of strings. Python's ``hash`` is salted per process, which is fine for pass 1
+    (boilerplate lines), which runs in one process; anything hashed in pass 2's worker processes
+    uses :func:`word_hashes` instead."""
     return np.fromiter((hash(s) for s in items), dtype=np.int64, count=len(items)).view(np.uint64)
+
+
+_R = np.uint64(0x100000001B3)  # odd, so invertible modulo 2^64
+_R_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+
+
+def word_hashes(tokens: list[str]) -> np.ndarray:
+    """Deterministic 64-bit hashes of tokens (which contain no spaces), computed for all at once.
+
+    A polynomial hash over the UTF-8 bytes, from one prefix sum over the space-joined tokens:
+    hash(word) = sum(byte_j * R^(j - start)) mod 2^64, then a multiply-xorshift finaliser. Unlike
+    Python's ``hash`` it is the same in every process (so curate results are reproducible), and
+    unlike hashlib it costs no Python call per token.
+    """
+    if not tokens:
+        return np.zeros(0, dtype=np.uint64)
+    b = np.frombuffer(" ".join(tokens).encode("utf-8"), dtype=np.uint8).astype(np.uint64)
+    n = len(b)
+    with np.errstate(over="ignore"):
+        pw = np.full(n, _R, dtype=np.uint64)
+        pw[0] = 1
+        pw = np.cumprod(pw, dtype=np.uint64)  # R^j, wrapping modulo 2^64
+        inv = np.full(n, _R_INV, dtype=np.uint64)
+        inv[0] = 1
+        inv = np.cumprod(inv, dtype=np.uint64)  # R^-j
+        pre = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(b * pw, dtype=np.uint64)])
+        spaces = np.nonzero(b == 32)[0]
+        starts = np.concatenate([[0], spaces + 1])
+        ends = np.concatenate([spaces, [n]])
+        h = (pre[ends] - pre[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h

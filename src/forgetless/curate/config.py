@@ -56,6 +56,11 @@ class CurateConfig(BaseModel):
     threshold: float = Field(0.6, gt=0, le=1, description="Estimated Jaccard similarity of shingle sets at or above which records are near-duplicates.")
     num_perm: int = Field(128, ge=16, description="MinHash permutations: more is a more precise similarity estimate, slower.")
     seed: int = Field(1, description="MinHash seed.")
+    workers: int = Field(
+        # Pass 2 (clean + filter + hash + sign) is ~80% of curate's time and parallel per record.
+        # Small inputs stay in-process: each worker takes ~0.5 s to start (see curate/workers.py).
+        0, ge=0, description="Processes for the clean + sign pass: 0 = one per CPU core when the input is over 8 MiB, 1 = in-process.",
+    )
 
     # --- flags (kept records, listed in the report) --------------------------------------------------
     flag_short_ratio: float = Field(0.25, ge=0, description="Flag 'short' below this multiple of the median length in words.")

@@ -16,15 +16,18 @@ a record that is in the curated output.
 from __future__ import annotations
 
 import functools
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from datasketch.lsh import _optimal_param
 from rensa import RMinHash
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from .clean import word_hashes
+
+# datasketch and scipy are imported where used: pass 2's worker processes import this module
+# for the signatures only, and datasketch alone takes ~1 s to import.
 
 # How many earlier members of one LSH bucket each member is compared with. A bucket of k similar
 # records would otherwise give k^2/2 pairs; the first few members are the ones greedy resolution
@@ -43,9 +46,9 @@ def shingles(tokens: list[str], k: int) -> list[str]:
 
 def normalized_hash(tokens: list[str]) -> int:
     """64-bit hash of a record's word tokens: equal for texts differing only in case, punctuation, spacing."""
-    # Python's 64-bit str hash (SipHash, salted per process) is enough: hashes are only compared
-    # within one run, and it is 4x cheaper than hashlib on the hot path.
-    return hash(" ".join(tokens)) & 0xFFFFFFFFFFFFFFFF
+    # Not Python's ``hash``: it is salted per process, and pass 2 hashes in worker processes.
+    # blake2b costs ~1 us more per record, noise next to the ~300 us the record's cleaning takes.
+    return int.from_bytes(hashlib.blake2b(" ".join(tokens).encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 @functools.lru_cache(maxsize=64)  # datasketch integrates numerically: ~0.15 s per call
@@ -53,6 +56,8 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """``(bands, rows)`` for ``threshold``, chosen by datasketch's optimiser with recall weighted 0.95."""
     # Weighted towards recall: every candidate is confirmed on the full signature afterwards, so
     # a false candidate costs one vector comparison while a missed one is a duplicate kept.
+    from datasketch.lsh import _optimal_param
+
     b, r = _optimal_param(threshold, num_perm, 0.05, 0.95)
     return int(b), int(r)
 
@@ -63,40 +68,6 @@ def minhash_matrix(shingle_sets: list[list[str]], num_perm: int, seed: int) -> n
         return np.zeros((0, num_perm), dtype=np.uint32)
     mat = RMinHash.digest_matrix_from_token_sets(shingle_sets, num_perm=num_perm, seed=seed)
     return np.asarray(mat.to_rows(), dtype=np.uint32)
-
-
-_R = np.uint64(0x100000001B3)  # odd, so invertible modulo 2^64
-_R_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-
-
-def word_hashes(tokens: list[str]) -> np.ndarray:
-    """Deterministic 64-bit hashes of tokens (which contain no spaces), computed for all at once.
-
-    A polynomial hash over the UTF-8 bytes, from one prefix sum over the space-joined tokens:
-    hash(word) = sum(byte_j * R^(j - start)) mod 2^64, then a multiply-xorshift finaliser. Unlike
-    Python's ``hash`` it is the same in every process (so curate results are reproducible), and
-    unlike hashlib it costs no Python call per token.
-    """
-    if not tokens:
-        return np.zeros(0, dtype=np.uint64)
-    b = np.frombuffer(" ".join(tokens).encode("utf-8"), dtype=np.uint8).astype(np.uint64)
-    n = len(b)
-    with np.errstate(over="ignore"):
-        pw = np.full(n, _R, dtype=np.uint64)
-        pw[0] = 1
-        pw = np.cumprod(pw, dtype=np.uint64)  # R^j, wrapping modulo 2^64
-        inv = np.full(n, _R_INV, dtype=np.uint64)
-        inv[0] = 1
-        inv = np.cumprod(inv, dtype=np.uint64)  # R^-j
-        pre = np.concatenate([np.zeros(1, dtype=np.uint64), np.cumsum(b * pw, dtype=np.uint64)])
-        spaces = np.nonzero(b == 32)[0]
-        starts = np.concatenate([[0], spaces + 1])
-        ends = np.concatenate([spaces, [n]])
-        h = (pre[ends] - pre[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
-        h ^= h >> np.uint64(31)
-        h *= np.uint64(0x9E3779B97F4A7C15)
-        h ^= h >> np.uint64(29)
-    return h
 
 
 def shingle_hash_matrix(token_lists: list[list[str]], k: int, num_perm: int, seed: int) -> np.ndarray:
@@ -275,6 +246,9 @@ def cluster_sizes(n: int, pi: np.ndarray, pj: np.ndarray) -> tuple[np.ndarray, n
     """Connected components of the similarity graph: ``(labels, sizes)``."""
     if n == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     g = coo_matrix((np.ones(len(pi), dtype=np.int8), (pi, pj)), shape=(n, n))
     _, labels = connected_components(g, directed=False)
     return labels, np.bincount(labels)

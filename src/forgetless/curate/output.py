@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import artifacts
 from ..errors import ForgetlessError
-from .clean import CountMinSketch, clean_record, quality_reject, record_text, str_hashes, words
+from .clean import CountMinSketch, clean_record, quality_reject, record_text, word_hashes, words
 from .config import CurateConfig
 from .reader import RawRecord
 
@@ -145,7 +145,7 @@ def _flush_kept(buf: list[tuple[int, int, dict[str, Any], list[str]]], out: Atom
     rare_sets: list[list[str]] = [[] for _ in buf]
     if st.term_cms is not None:
         all_terms = [t for _, _, _, ts in buf for t in ts]
-        est = st.term_cms.query(str_hashes(all_terms)).tolist()
+        est = st.term_cms.query(word_hashes(all_terms)).tolist()
         k = 0
         for i, (_, _, _, ts) in enumerate(buf):
             rare_sets[i] = [t for t, c in zip(ts, est[k : k + len(ts)]) if c <= cfg.rare_term_max_docs]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,15 @@ from ..errors import ForgetlessError
 from ..io import atomic_write_json, atomic_write_text
 from ..train.config import DEFAULT_MODEL
 from . import dedup
-from .clean import CountMinSketch, clean_record, quality_reject, record_text, str_hashes, words_and_terms
+from .clean import CountMinSketch
 from .config import CurateConfig
 from .diversity import diversity_report, warnings
 from .output import WriteState, json_line, write_outputs
-from .reader import iter_records
+from .reader import iter_raw, iter_records
 from .replay import count_replay_file, interleave_positions, iter_replay_file, replay_count, self_generated_replay
 from .report import render_markdown
 from .scan import cms_width, find_boilerplate, progress_bar, with_progress
+from .workers import Pass2, RawItem, resolve_workers, run_pass2
 
 # Status codes per record (uint8 array): everything but KEPT is a reject reason.
 KEPT = 0
@@ -61,7 +62,21 @@ REASONS = [
     "near_duplicate",
 ]
 CODE = {r: i for i, r in enumerate(REASONS)}
-SIGNATURE_BATCH = 2048  # records per rensa call: large enough to amortise the call, small in RAM
+
+
+@dataclass
+class _Positions:
+    """Records each raw record's file and line as the reader yields it (pass 2's results carry
+    only status codes; the write pass needs to find every record again)."""
+
+    def __init__(self, file_of: array, line_of: array) -> None:
+        self.file_of, self.line_of = file_of, line_of
+
+    def track(self, items: Iterator[RawItem]) -> Iterator[RawItem]:
+        for it in items:
+            self.file_of.append(it[0])
+            self.line_of.append(it[1])
+            yield it
 
 
 @dataclass
@@ -115,7 +130,6 @@ def run_curate(
     row_rec = array("q")  # per candidate row (record that passed the filters): its record id
     row_hash = array("Q")  # normalized-text hash
     row_len = array("I")  # length in words
-    removed: list[str] = []
     boiler_counts: Counter[str] = Counter()
     changed = 0
 
@@ -132,47 +146,29 @@ def run_curate(
                 boiler, boiler_threshold = find_boilerplate(files, cfg, progress, total)
             timings["boilerplate_s"] = time.perf_counter() - t
 
-            # --- pass 2: clean, filter, hash, sign, spill -----------------------------------------
+            # --- pass 2: clean, filter, hash, sign, spill (in worker processes when large) ---------
             t = time.perf_counter()
-            batch: list[list[str]] = []
-            term_buf: list[str] = []
-
-            def flush() -> None:
-                if cfg.near_dedup and batch:
-                    store.append(dedup.shingle_hash_matrix(batch, cfg.shingle_size, cfg.num_perm, cfg.seed))
-                if term_cms is not None and term_buf:
-                    term_cms.add(str_hashes(term_buf))
-                batch.clear()
-                term_buf.clear()
-
+            work = Pass2(files, cfg, boiler, term_cms is not None, CODE)
+            n_workers = resolve_workers(cfg.workers, total)
+            task = progress.add_task(f"clean + sign ({n_workers} worker{'s' if n_workers > 1 else ''})", total=total)
+            positions = _Positions(file_of, line_of)
             with open(spill_path, "w", encoding="utf-8") as spill:
-                for rid, r in enumerate(with_progress(iter_records(files, stats), progress, "clean + sign", total)):
-                    file_of.append(r.file_index)
-                    line_of.append(r.line)
-                    if r.rec is None:
-                        status.append(CODE[r.reason or "unreadable"])
-                        continue
-                    clean = clean_record(r.rec, cfg, boiler, removed)
-                    if removed:
-                        boiler_counts.update(set(removed))
-                        removed.clear()
-                    changed += clean != r.rec
-                    text = record_text(clean)
-                    toks, rec_terms = words_and_terms(text, term_cms is not None)
-                    bad = quality_reject(text, len(toks), cfg)
-                    if bad is not None:
-                        status.append(CODE[bad[0]])
-                        continue
-                    status.append(KEPT)
-                    row_rec.append(rid)
-                    row_hash.append(dedup.normalized_hash(toks))
-                    row_len.append(len(toks))
-                    term_buf.extend(rec_terms)
-                    spill.write(json_line({"r": clean, "t": sorted(rec_terms)}))
-                    batch.append(toks)
-                    if len(batch) >= SIGNATURE_BATCH:
-                        flush()
-                flush()
+                for res in run_pass2(work, positions.track(iter_raw(files, stats)), n_workers):
+                    first = len(status)
+                    status.frombytes(res.codes)
+                    kept_at = [first + i for i, c in enumerate(res.codes) if c == KEPT]
+                    row_rec.extend(kept_at)
+                    row_hash.extend(res.hashes.tolist())
+                    row_len.extend(res.lengths.tolist())
+                    spill.write(res.spill)
+                    if res.signatures is not None and len(res.signatures):
+                        store.append(res.signatures)
+                    if term_cms is not None:
+                        term_cms.add(res.term_hashes)
+                    boiler_counts.update(res.removed)
+                    changed += res.changed
+                    progress.advance(task, res.nbytes)
+            progress.update(task, visible=False)
             store.close()
             timings["clean_sign_s"] = time.perf_counter() - t
 
@@ -252,6 +248,7 @@ def run_curate(
         "diversity": div,
         "warnings": warnings(div, clusters, cfg),
         "replay": {**replay_info, "written": st.replay_written},
+        "pass2_workers": n_workers,
         "timings_s": {k: round(v, 3) for k, v in {**timings, "total_s": time.perf_counter() - t0}.items()},
     }
     json_path, md_path = out_dir / artifacts.CURATE_REPORT_JSON, out_dir / artifacts.CURATE_REPORT_MD

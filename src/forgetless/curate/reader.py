@@ -62,56 +62,58 @@ def _parse_line(file: Path, fi: int, lineno: int, raw: bytes) -> RawRecord:
     return RawRecord(fi, lineno, n, rec=obj)
 
 
-def iter_file(
-    file: Path, fi: int, stats: dict[str, Any] | None = None, want: Callable[[int, bytes], bool] | None = None, first_id: int = 0
-) -> Iterator[RawRecord]:
-    """Records of one file in order. ``.txt``/``.md`` files are one ``text`` record each; anything
-    else is read as JSONL, line by line (a blank line is not a record).
+def iter_raw(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator[tuple[int, int, bytes, bool]]:
+    """``(file_index, line, raw_bytes, whole_file)`` for every record of ``files``, in order, unparsed.
 
-    ``want(record_id, raw_line)`` returning False skips parsing that record: it is yielded with
-    ``rec``, ``reason`` and ``raw`` all None (a pass that needs only some records reads the rest
-    at the cost of a line read).
+    ``.txt``/``.md`` files are one record each (``whole_file`` True); anything else is JSONL, one
+    record per non-blank line (trailing CR/LF removed). Blank lines and empty files are counted in
+    ``stats``. Parsing is left to :func:`parse_raw`, so it can run in worker processes.
     """
     stats = stats if stats is not None else {}
-    if file.suffix in TEXT_SUFFIXES:
-        raw = file.read_bytes()
-        if not raw.strip():
-            stats.setdefault("empty_files", []).append(str(file))
-            return
-        if want is not None and not want(first_id, raw):
-            yield RawRecord(fi, 1, len(raw))
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw[: e.start].count(b"\n") + 1
-            err = InputError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", file=file, line=line)
-            yield RawRecord(fi, line, len(raw), reason="unreadable", error=str(err), raw=raw)
-            return
-        yield RawRecord(fi, 1, len(raw), rec={"text": text})
-        return
-    n = 0
-    with open(file, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+    for fi, file in enumerate(files):
+        if file.suffix in TEXT_SUFFIXES:
+            raw = file.read_bytes()
             if not raw.strip():
-                stats["blank_lines"] = stats.get("blank_lines", 0) + 1
+                stats.setdefault("empty_files", []).append(str(file))
                 continue
-            raw = raw.rstrip(b"\r\n")
-            if want is not None and not want(first_id + n, raw):
-                yield RawRecord(fi, lineno, len(raw))
-            else:
-                yield _parse_line(file, fi, lineno, raw)
-            n += 1
-    if n == 0:
-        stats.setdefault("empty_files", []).append(str(file))
+            yield fi, 1, raw, True
+            continue
+        n = 0
+        with open(file, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    stats["blank_lines"] = stats.get("blank_lines", 0) + 1
+                    continue
+                yield fi, lineno, raw.rstrip(b"\r\n"), False
+                n += 1
+        if n == 0:
+            stats.setdefault("empty_files", []).append(str(file))
+
+
+def parse_raw(file: Path, fi: int, lineno: int, raw: bytes, whole_file: bool) -> RawRecord:
+    """One record from :func:`iter_raw` parsed and validated (a reject with its reason if bad)."""
+    if not whole_file:
+        return _parse_line(file, fi, lineno, raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        err = InputError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})", file=file, line=line)
+        return RawRecord(fi, line, len(raw), reason="unreadable", error=str(err), raw=raw)
+    return RawRecord(fi, 1, len(raw), rec={"text": text})
 
 
 def iter_records(
     files: list[Path], stats: dict[str, Any] | None = None, want: Callable[[int, bytes], bool] | None = None
 ) -> Iterator[RawRecord]:
-    """Records of every file, in order; the n-th record yielded has record id n."""
-    rid = 0
-    for fi, f in enumerate(files):
-        for r in iter_file(f, fi, stats, want, rid):
-            rid += 1
-            yield r
+    """Records of every file, in order; the n-th record yielded has record id n.
+
+    ``want(record_id, raw)`` returning False skips parsing that record: it is yielded with
+    ``rec``, ``reason`` and ``raw`` all None (a pass that needs only some records reads the rest
+    at the cost of a line read).
+    """
+    for rid, (fi, lineno, raw, whole) in enumerate(iter_raw(files, stats)):
+        if want is not None and not want(rid, raw):
+            yield RawRecord(fi, 1 if whole else lineno, len(raw))
+        else:
+            yield parse_raw(files[fi], fi, lineno, raw, whole)
