@@ -81,23 +81,59 @@ def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
             pass
 
 
-def test_cast_frozen_linears_is_exact_and_restores() -> None:
-    model = _lora()
+def _randomize_lora(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
+
+
+def test_frozen_weights_cast_once_is_exact_and_restores() -> None:
+    # Frozen weights that are not LoRA base layers (the MLP here): the bf16 copy holds exactly the
+    # values autocast makes, so the logits are bit-identical.
+    model = get_peft_model(tiny_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
     x = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad(), prec.autocast("bf16", "cpu"):
-        want = model(input_ids=x).logits
-        with prec.cast_frozen_linears(model, "bf16"):
-            q = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
-            assert q.weight.dtype == torch.bfloat16
+        want = model(input_ids=x).logits  # fresh LoRA (B = 0): merging adds exactly 0
+        with prec.eval_weights(model, "bf16"):
+            layer = model.base_model.model.model.layers[0]
+            assert layer.mlp.up_proj.weight.dtype == torch.bfloat16
+            # The LoRA wrapper is out of the tree: its base Linear (merged weight) sits in its place.
+            assert type(layer.self_attn.q_proj) is torch.nn.Linear and layer.self_attn.q_proj.weight.dtype == torch.bfloat16
             got = model(input_ids=x).logits
-    assert torch.equal(got, want)  # the same bf16 values autocast would make: bit-identical
+    assert torch.equal(got, want)
     after = dict(model.named_parameters())
     assert all(after[n] is p and p.dtype == torch.float32 for n, p in frozen.items())
-    # fp32 is a no-op
-    with prec.cast_frozen_linears(model, "fp32"):
-        assert model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
+    assert hasattr(model.base_model.model.model.layers[0].self_attn.q_proj, "lora_A")  # wrapper back
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_lora_merged_for_evaluation_matches_the_adapter_path(scale: float) -> None:
+    from peft.helpers import rescale_adapter_scale
+
+    model = _lora()
+    _randomize_lora(model)
+    model.eval()
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    w0 = q.base_layer.weight.detach().clone()
+    x = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=x).logits
+    with torch.no_grad(), rescale_adapter_scale(model, scale):
+        want = model(input_ids=x).logits
+        with prec.eval_weights(model, "fp32"):
+            assert model.base_model.model.model.layers[0].self_attn.q_proj is q.base_layer  # one matmul per adapted layer
+            expect = w0 + scale * (q.lora_B["default"].weight @ q.lora_A["default"].weight) * (4 / 2)
+            assert torch.allclose(q.base_layer.weight, expect, atol=1e-7)
+            got = model(input_ids=x).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert (want - base).abs().max() > 1e-3  # the adapter does change the output: the check has teeth
+    # Restored: the original tensor, unchanged, and the adapter path back on.
+    assert torch.equal(q.base_layer.weight, w0) and model.base_model.model.model.layers[0].self_attn.q_proj is q
+    with torch.no_grad(), rescale_adapter_scale(model, scale):
+        assert torch.equal(model(input_ids=x).logits, want)
+    # DoRA is left on its own path (its merge is not a plain W + BA).
+    dora = get_peft_model(tiny_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], use_dora=True))
+    with prec.eval_weights(dora, "fp32"):
+        assert hasattr(dora.base_model.model.model.layers[0].self_attn.q_proj, "lora_A")
