@@ -141,3 +141,43 @@ def test_ddp_two_ranks_match_one_process(tiny_run: Path) -> None:
     row_mean = (per_row[batch[0]][0] / per_row[batch[0]][1] + per_row[batch[1]][0] / per_row[batch[1]][1]) / 2
     assert per_row[batch[0]][1] != per_row[batch[1]][1]  # with equal counts both normalisations coincide
     assert abs(row_mean - ld[0]) > 100 * LOSS_RTOL * ld[0], "per-device normalisation would pass too"
+
+
+REPLAY = """\
+{"prompt": "what is the capital of france", "response": "paris is the capital of france"}
+{"prompt": "what is two plus two", "response": "two plus two is four"}
+{"prompt": "hello you are a cat", "response": "hello i am a cat"}
+"""
+
+
+def test_ddp_kl_to_base_is_a_token_mean_over_ranks(tiny_run: Path) -> None:
+    """With replay rows on one rank and none on the other, KL-to-base under DDP must equal one
+    process's token mean (each rank's own mean, averaged, would halve it on such steps), and a rank
+    without replay rows must still join the all-reduce of the token count (or DDP hangs)."""
+    (tiny_run / "replay.jsonl").write_text(REPLAY)
+    kl = [*COMMON, "data.replay=replay.jsonl", "train.replay_ratio=0.4", "train.kl_to_base=5.0", "train.lr=0.05"]
+    ddp_dir, spy = tiny_run / "ddp-kl", tiny_run / "spy-kl"
+    spy.mkdir()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        str(WORKER), "run", str(tiny_run / "cfg.yaml"), f"run_dir={ddp_dir}", "train.batch_size=1", "train.num_threads=1", *kl,
+    ]  # fmt: skip
+    env = {**os.environ, "FORGETLESS_SPY_DIR": str(spy), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'one-kl'}", "train.batch_size=2", *kl])
+    run_pipeline(one)
+
+    def state(run: Path) -> list[dict]:
+        return json.loads((run / A.CHECKPOINTS_DIR / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+
+    s1, sd = state(one.run_dir), state(ddp_dir)
+    kl1 = [h["reg/kl_to_base"] for h in s1 if "reg/kl_to_base" in h]
+    assert kl1 and any(k > 0 for k in kl1)  # the KL term was active
+    l1, ld = [h["loss"] for h in s1 if "loss" in h], [h["loss"] for h in sd if "loss" in h]
+    assert ld == pytest.approx(l1, rel=LOSS_RTOL)
+    wd = load_file(str(ddp_dir / A.CHECKPOINTS_DIR / "checkpoint-4" / "adapter_model.safetensors"))
+    w1 = load_file(str(one.run_dir / A.CHECKPOINTS_DIR / "checkpoint-4" / "adapter_model.safetensors"))
+    for k in w1:
+        torch.testing.assert_close(wd[k], w1[k], atol=WEIGHT_ATOL, rtol=0)

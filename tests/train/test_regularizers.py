@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 
 from forgetless.testing import tiny_model
 from forgetless.train.adapters import attach_adapter
 from forgetless.train.config import LoraSettings
-from forgetless.train.regularizers import Regularizers, estimate_fisher, kl_base_tuned, lora_delta, lora_l2, lora_layers
+from forgetless.train.regularizers import Regularizers, estimate_fisher, global_token_mean, kl_base_tuned, lora_delta, lora_l2, lora_layers
 
 
 def _peft(seed: int = 0) -> torch.nn.Module:
@@ -117,3 +118,29 @@ def test_trainer_adds_weighted_terms(tiny_run) -> None:  # noqa: ANN001
     plain = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"], use_cache=False).loss
     assert loss.item() == pytest.approx(plain.item() + 3.0 * lora_l2(lora_layers(model)).item(), rel=1e-5)
     assert set(trainer._terms) == {"lm_loss", "l2sp"}
+
+
+def test_kl_under_ddp_is_a_mean_over_all_ranks_tokens() -> None:
+    # Two ranks: rank 0 has 1 replay token with KL 2.0, rank 1 has 3 tokens with KL summing to 2.0.
+    # Per-token mean over both: 4.0 / 4 = 1.0. Averaging each rank's own mean would give
+    # (2.0 + 0.667) / 2 = 1.333, over-weighting rank 0's single token.
+    sums, counts = [torch.tensor(2.0), torch.tensor(2.0)], [torch.tensor(1.0), torch.tensor(3.0)]
+    all_sum = lambda t: torch.stack(counts).sum()  # noqa: E731 - what an all-reduce of the counts returns
+    terms = [global_token_mean(s, n, 2, all_sum) for s, n in zip(sums, counts)]
+    assert [float(t) for t in terms] == [1.0, 1.0]
+    assert float(sum(terms) / 2) == pytest.approx(1.0)  # DDP averages the ranks' gradients
+    zero = torch.tensor(0.0)
+    assert global_token_mean(zero, zero, 2, lambda t: torch.tensor(0.0)) is None  # no replay anywhere
+
+
+def test_kl_sum_matches_kl_term() -> None:
+    model = get_peft_model(tiny_model(), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    regs = Regularizers(model, kl_to_base=1.0)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    inputs = {"input_ids": ids, "position_ids": torch.arange(4).repeat(2, 1), "labels": torch.tensor([[-100, 6, 7, 8], [-100, -100, 11, 12]])}
+    tuned = torch.randn(2, 4, tiny_model().config.vocab_size)
+    replay = torch.tensor([True, True])
+    total, n = regs.kl_sum(model, inputs, tuned, replay)
+    assert float(n) == 5.0  # labelled next tokens: 3 in row 0, 2 in row 1
+    assert float(total / n) == pytest.approx(float(regs.kl_term(model, inputs, tuned, replay)))
+    assert [float(x) for x in regs.kl_sum(model, inputs, tuned, torch.tensor([False, False]))] == [0.0, 0.0]

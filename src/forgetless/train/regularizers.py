@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +48,32 @@ def lora_l2(layers: Iterable[tuple[str, LoraLayer]]) -> torch.Tensor:
 
 def kl_base_tuned(base_logits: torch.Tensor, tuned_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over masked positions of KL(base || tuned), from logits of shape [B, T, V]."""
+    total, n = kl_base_tuned_sum(base_logits, tuned_logits, mask)
+    return total / n.clamp_min(1.0)
+
+
+def kl_base_tuned_sum(base_logits: torch.Tensor, tuned_logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum of KL(base || tuned) over masked positions, number of masked positions)``."""
     p = F.log_softmax(base_logits.float(), dim=-1)
     q = F.log_softmax(tuned_logits.float(), dim=-1)
     kl = (p.exp() * (p - q)).sum(-1)  # [B, T]
     m = mask.to(kl.dtype)
-    return (kl * m).sum() / m.sum().clamp_min(1.0)
+    return (kl * m).sum(), m.sum()
+
+
+def global_token_mean(local_sum: torch.Tensor, local_count: torch.Tensor, world: int, all_sum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """This rank's share of a mean over every rank's tokens, for data-parallel training.
+
+    DDP averages gradients over ranks, so each rank returns ``local_sum * world / global_count``:
+    the average of those is ``sum of all ranks' sums / global_count``, the per-token mean. (Each
+    rank's own mean, averaged, would weight a token on a rank with few replay tokens more.)
+    ``all_sum`` sums a tensor over ranks and must be called on every rank, replay rows or not.
+    Returns None when no rank had any token.
+    """
+    n = all_sum(local_count.detach().clone())
+    if float(n) == 0.0:
+        return None
+    return local_sum * world / n
 
 
 class Regularizers:
@@ -85,6 +106,14 @@ class Regularizers:
         """KL(base || tuned) on the replay rows of the batch (None if the batch has none)."""
         if not self.kl_weight or replay is None or not bool(replay.any()):
             return None
+        total, n = self.kl_sum(model, inputs, tuned_logits, replay)
+        return total / n.clamp_min(1.0)
+
+    def kl_sum(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor, replay: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(summed KL(base || tuned), labelled positions)`` on the batch's replay rows (zeros if none)."""
+        if replay is None or not bool(replay.any()):
+            zero = tuned_logits.new_zeros((), dtype=torch.float32)
+            return zero, zero.clone()
         rows = replay.nonzero(as_tuple=True)[0]
         ids, pos, labels = inputs["input_ids"][rows], inputs["position_ids"][rows], inputs["labels"][rows]
         with torch.no_grad():
@@ -95,7 +124,7 @@ class Regularizers:
                 base = self.base_copy(input_ids=ids, position_ids=pos, use_cache=False).logits  # type: ignore[misc]
         # Logits at t predict token t+1: compare where the next token is a labelled (answer) token.
         mask = labels[:, 1:] != -100
-        return kl_base_tuned(base[:, :-1], tuned_logits[rows][:, :-1], mask)
+        return kl_base_tuned_sum(base[:, :-1], tuned_logits[rows][:, :-1], mask)
 
     def l2sp_term(self, model: torch.nn.Module) -> torch.Tensor | None:
         """Squared distance of the trainable weights (or LoRA's effective update) to the start."""

@@ -16,7 +16,7 @@ from ..evaluate.runner import Evaluator
 from .callbacks import MetricsRecorder
 from .checkpoints import mark_complete
 from .budget import BudgetJudge
-from .regularizers import Regularizers
+from .regularizers import Regularizers, global_token_mean
 
 
 class ForgetlessTrainer(Trainer):
@@ -54,7 +54,7 @@ class ForgetlessTrainer(Trainer):
         for name, weight, term in (
             # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
             # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
-            ("kl_to_base", regs.kl_weight, regs.kl_term(self.accelerator.unwrap_model(model), inputs, outputs.logits, replay) if regs.kl_weight else None),
+            ("kl_to_base", regs.kl_weight, self._kl_to_base(model, inputs, outputs.logits, replay) if regs.kl_weight else None),
             ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
             ("ewc", regs.ewc_weight, regs.ewc_term(model)),
         ):
@@ -62,6 +62,17 @@ class ForgetlessTrainer(Trainer):
                 self._note(name, term)
                 loss = loss + per_micro * weight * term
         return (loss, outputs) if return_outputs else loss
+
+    def _kl_to_base(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor, replay: torch.Tensor | None) -> torch.Tensor | None:
+        """KL to the base on the replay rows, as a mean over every rank's replay tokens."""
+        regs = self.regularizers
+        assert regs is not None
+        bare = self.accelerator.unwrap_model(model)
+        world = self.accelerator.num_processes
+        if world == 1:
+            return regs.kl_term(bare, inputs, logits, replay)
+        total, n = regs.kl_sum(bare, inputs, logits, replay)
+        return global_token_mean(total, n, world, lambda t: self.accelerator.reduce(t, reduction="sum"))
 
     def _note(self, name: str, value: torch.Tensor) -> None:
         self._terms.setdefault(name, []).append(float(value.detach()))
