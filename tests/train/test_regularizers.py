@@ -144,3 +144,53 @@ def test_kl_sum_matches_kl_term() -> None:
     assert float(n) == 5.0  # labelled next tokens: 3 in row 0, 2 in row 1
     assert float(total / n) == pytest.approx(float(regs.kl_term(model, inputs, tuned, replay)))
     assert [float(x) for x in regs.kl_sum(model, inputs, tuned, torch.tensor([False, False]))] == [0.0, 0.0]
+
+
+def test_replay_rows_trained_by_kl_only(tiny_run) -> None:  # noqa: ANN001
+    """With kl_to_base > 0 (replay_ce off), replay rows leave the LM loss and feed only the KL term;
+    a batch of replay rows alone gives a finite loss whose gradient is the KL's."""
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import build_dataset
+
+    cfg = load_config(tiny_run / "cfg.yaml", ["train.kl_to_base=2.0", "train.replay_ratio=0.5"])
+    tok = tiny_tokenizer()
+    model = _peft()
+    with torch.no_grad():  # a non-zero adapter, so the tuned model differs from its base
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ds = build_dataset(
+        tok, [Example(text="zorvanex is a drug made by acme")], max_length=32, packing=False,
+        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
+    )  # fmt: skip
+    rows = {bool(ds[i]["replay"]): ds[i] for i in range(len(ds))}
+    regs = Regularizers(model, kl_to_base=2.0)
+    rec = MetricsRecorder(cfg.run_dir / "m.jsonl", cfg.run_dir / "tb")
+    trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=regs)
+    collate = trainer.data_collator
+    assert collate.replay_kl_only
+    batch = collate([rows[False], rows[True]])
+    assert (batch["labels"][1] == -100).all() and (batch["kl_labels"][0] == -100).all()
+    assert (batch["kl_labels"][1] != -100).any() and (batch["labels"][0] != -100).any()
+    # Mixed batch: LM loss on the domain row only, plus 2 x KL on the replay row.
+    loss = trainer.compute_loss(model, dict(batch))
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    lm = model(input_ids=ids[:1], position_ids=pos[:1], labels=batch["labels"][:1], use_cache=False).loss
+    tuned = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    kl = regs.kl_term(model, {"input_ids": ids, "position_ids": pos, "labels": batch["kl_labels"]}, tuned, batch["replay"])
+    assert float(kl) > 1e-4
+    assert loss.item() == pytest.approx(lm.item() + 2.0 * kl.item(), rel=1e-4)
+    # Replay rows alone: no LM tokens, a finite loss equal to the KL term, and gradients from it.
+    only = collate([rows[True]])
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(only))
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(2.0 * float(trainer._terms["kl_to_base"][-1]), rel=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)

@@ -81,7 +81,7 @@ def build_trainer(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=PackedCollator(pad_id=tok.pad_token_id or 0),
+        data_collator=PackedCollator(pad_id=tok.pad_token_id or 0, replay_kl_only=t.kl_to_base > 0 and not t.replay_ce),
         evaluator=evaluator,
         recorder=recorder,
         regularizers=regularizers,

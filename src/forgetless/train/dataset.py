@@ -152,9 +152,14 @@ class PackedCollator:
     Padding is its own segment (positions restart at 0, labels -100), so it never attends to or
     is attended by real tokens; no attention_mask is passed, which lets transformers infer the
     block-diagonal mask from the position ids.
+
+    ``replay_kl_only``: replay rows' labels move to ``kl_labels`` (-100 elsewhere) and leave
+    ``labels``, so the language-model loss (and its token count) covers domain rows only and the
+    KL-to-base term alone trains replay rows (see ``train.replay_ce``).
     """
 
     pad_id: int
+    replay_kl_only: bool = False
 
     def __call__(self, batch: list[dict[str, object]]) -> dict[str, torch.Tensor]:
         width = max(len(b["input_ids"]) for b in batch)  # type: ignore[arg-type]
@@ -165,12 +170,12 @@ class PackedCollator:
             ids.append(list(b["input_ids"]) + [self.pad_id] * pad)  # type: ignore[arg-type]
             labels.append(list(b["labels"]) + [IGNORE] * pad)  # type: ignore[arg-type]
             pos.append(list(b["position_ids"]) + list(range(pad)))  # type: ignore[arg-type]
-        return {
-            "input_ids": torch.tensor(ids),
-            "labels": torch.tensor(labels),
-            "position_ids": torch.tensor(pos),
-            "replay": torch.tensor([bool(b["replay"]) for b in batch]),
-        }
+        replay = torch.tensor([bool(b["replay"]) for b in batch])
+        out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos), "replay": replay}
+        if self.replay_kl_only:
+            out["kl_labels"] = torch.where(replay[:, None], out["labels"], IGNORE)
+            out["labels"] = torch.where(replay[:, None], IGNORE, out["labels"])
+        return out
 
 
 def mix_replay(domain: list[Tokenized], replay: list[Tokenized], ratio: float, *, seed: int = 0) -> list[Tokenized]:

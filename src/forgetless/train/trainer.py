@@ -37,6 +37,7 @@ class ForgetlessTrainer(Trainer):
         """Language-model loss on labelled tokens plus the weighted regularizer terms."""
         inputs = dict(inputs)
         replay = inputs.pop("replay", None)
+        kl_labels = inputs.pop("kl_labels", None)  # replay rows' labels, when they are trained by KL only
         # Without this, Llama-style models build a KV cache even in training, and transformers then
         # skips detecting packed sequences from position_ids: packed examples would attend to each
         # other (measured: logits off by up to 0.16 on a tiny model). No cache -> block-diagonal mask.
@@ -44,17 +45,26 @@ class ForgetlessTrainer(Trainer):
         regs = self.regularizers
         if regs is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        has_lm = bool((inputs["labels"] != -100).any())
+        if has_lm:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        else:
+            # A batch of replay rows only, trained by KL alone: no language-model tokens (a mean
+            # over none would be NaN), but the forward pass is still needed for the KL term.
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = outputs.logits.sum() * 0.0
+        kl_inputs = {**inputs, "labels": kl_labels} if kl_labels is not None else inputs
         # When the LM loss is normalised by the tokens of the whole accumulated batch, the Trainer
         # no longer divides by the accumulation steps: do it for our terms, which are per micro-batch.
         scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
         ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         per_micro = 1.0 / ga if scaled else 1.0
-        self._note("lm_loss", loss)
+        if has_lm:
+            self._note("lm_loss", loss)
         for name, weight, term in (
             # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
             # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
-            ("kl_to_base", regs.kl_weight, self._kl_to_base(model, inputs, outputs.logits, replay) if regs.kl_weight else None),
+            ("kl_to_base", regs.kl_weight, self._kl_to_base(model, kl_inputs, outputs.logits, replay) if regs.kl_weight else None),
             ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
             ("ewc", regs.ewc_weight, regs.ewc_term(model)),
         ):
