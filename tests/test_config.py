@@ -110,3 +110,12 @@ def test_every_config_field_has_a_description() -> None:
 
     walk(RunConfig, "")
     assert not missing, f"fields without a description: {missing}"
+
+
+def test_replay_and_kl_on_by_default_and_off_together() -> None:
+    cfg = load_config(None)
+    assert (cfg.train.replay_ratio, cfg.train.kl_to_base, cfg.train.replay_ce) == (0.3, 5.0, False)
+    off = load_config(None, ["train.replay_ratio=0"])
+    assert (off.train.replay_ratio, off.train.kl_to_base) == (0.0, 0.0)  # the default KL goes with replay
+    explicit = load_config(None, ["train.replay_ratio=0", "train.kl_to_base=2"])
+    assert explicit.train.kl_to_base == 2.0  # set by the user: kept, and the pipeline asks for replay
