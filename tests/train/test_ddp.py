@@ -43,6 +43,9 @@ COMMON = ["data.max_length=16", "train.max_steps=4", "train.eval_every=2", "trai
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 METRIC_ATOL = 1e-5
+# Perplexity (~60 here) is an exponential: evaluating with the LoRA merged into one weight copy
+# (evaluate/precision.py) measured a 2e-7 relative gap on it (1.2e-5 absolute), rounding only.
+METRIC_RTOL = 1e-6
 
 
 def _free_port() -> int:
@@ -111,7 +114,7 @@ def test_ddp_two_ranks_match_one_process(tiny_run: Path) -> None:
     for a, b in zip(h1, hd):
         for k, v in a.items():
             if isinstance(v, float) and not k.startswith("time/"):
-                assert b[k] == pytest.approx(v, abs=METRIC_ATOL), (a["step"], k)
+                assert b[k] == pytest.approx(v, abs=METRIC_ATOL, rel=METRIC_RTOL), (a["step"], k)
 
     def losses(run: Path) -> list[float]:
         state = json.loads((run / A.CHECKPOINTS_DIR / "checkpoint-4" / "trainer_state.json").read_text())
