@@ -7,7 +7,8 @@ Three streaming passes over the input, none of which keeps record texts in memor
    Records whose raw JSON line cannot contain a line break are skipped without being parsed.
 2. **clean + sign**: clean each record, apply the quality filters, hash it for exact duplicates,
    MinHash it for near-duplicates (signatures go to temporary files) and count its rare-term
-   candidates; cleaned candidates are spilled to a temporary JSONL file. Duplicates are then
+   candidates; cleaned candidates are spilled to a temporary JSONL file. This pass runs in
+   worker processes for inputs over 8 MiB (:mod:`forgetless.curate.workers`). Duplicates are then
    resolved from sorted hashes and LSH bands (see :mod:`forgetless.curate.dedup`).
 3. **write**: read the input again, parsing only rejected records (to keep their original form),
    stream kept records from the spill file with their flags, interleave replay records, write the
