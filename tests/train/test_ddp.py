@@ -54,6 +54,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_two_ranks(tiny_run: Path, run_dir: Path, spy: Path, overrides: list[str]) -> None:
+    """`forgetless run` under torchrun, 2 ranks x per-device batch 1, events logged under ``spy``."""
+    spy.mkdir()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        str(WORKER), "run", str(tiny_run / "cfg.yaml"), f"run_dir={run_dir}", "train.batch_size=1", "train.num_threads=1", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "FORGETLESS_SPY_DIR": str(spy), "OMP_NUM_THREADS": "1"}
+    # A deadlock at save/evaluate shows up as this timeout (a healthy run takes ~20 s on 2 cores).
+    proc = subprocess.run(cmd, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def _events(spy: Path) -> dict[int, list[dict]]:
     return {int(p.stem[4:]): [json.loads(l) for l in p.read_text().splitlines()] for p in sorted(spy.glob("rank*.jsonl"))}
 
@@ -75,16 +89,7 @@ def _row_nll(model_dir: str, rows: list[dict]) -> list[tuple[float, int]]:
 
 def test_ddp_two_ranks_match_one_process(tiny_run: Path) -> None:
     ddp_dir, spy = tiny_run / "ddp", tiny_run / "spy"
-    spy.mkdir()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        str(WORKER), "run", str(tiny_run / "cfg.yaml"), f"run_dir={ddp_dir}", "train.batch_size=1", "train.num_threads=1", *COMMON,
-    ]  # fmt: skip
-    env = {**os.environ, "FORGETLESS_SPY_DIR": str(spy), "OMP_NUM_THREADS": "1"}
-    # A deadlock at save/evaluate shows up as this timeout (a healthy run takes ~20 s on 2 cores).
-    proc = subprocess.run(cmd, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _run_two_ranks(tiny_run, ddp_dir, spy, COMMON)
 
     one = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'one'}", "train.batch_size=2", *COMMON])
     run_pipeline(one)
@@ -159,16 +164,8 @@ def test_ddp_kl_to_base_is_a_token_mean_over_ranks(tiny_run: Path) -> None:
     without replay rows must still join the all-reduce of the token count (or DDP hangs)."""
     (tiny_run / "replay.jsonl").write_text(REPLAY)
     kl = [*COMMON, "data.replay=replay.jsonl", "train.replay_ratio=0.4", "train.kl_to_base=5.0", "train.lr=0.05"]
-    ddp_dir, spy = tiny_run / "ddp-kl", tiny_run / "spy-kl"
-    spy.mkdir()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        str(WORKER), "run", str(tiny_run / "cfg.yaml"), f"run_dir={ddp_dir}", "train.batch_size=1", "train.num_threads=1", *kl,
-    ]  # fmt: skip
-    env = {**os.environ, "FORGETLESS_SPY_DIR": str(spy), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp_dir = tiny_run / "ddp-kl"
+    _run_two_ranks(tiny_run, ddp_dir, tiny_run / "spy-kl", kl)
     one = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'one-kl'}", "train.batch_size=2", *kl])
     run_pipeline(one)
 

@@ -42,11 +42,11 @@ from .clean import CountMinSketch
 from .config import CurateConfig
 from .diversity import diversity_report, warnings
 from .output import WriteState, json_line, write_outputs
-from .reader import iter_raw, iter_records
+from .reader import RawItem, iter_raw, iter_records
 from .replay import count_replay_file, interleave_positions, iter_replay_file, replay_count, self_generated_replay
 from .report import render_markdown
 from .scan import cms_width, find_boilerplate, progress_bar, with_progress
-from .workers import Pass2, RawItem, resolve_workers, run_pass2
+from .workers import Pass2, resolve_workers, run_pass2
 
 # Status codes per record (uint8 array): everything but KEPT is a reject reason.
 KEPT = 0
@@ -65,19 +65,13 @@ REASONS = [
 CODE = {r: i for i, r in enumerate(REASONS)}
 
 
-@dataclass
-class _Positions:
-    """Records each raw record's file and line as the reader yields it (pass 2's results carry
-    only status codes; the write pass needs to find every record again)."""
-
-    def __init__(self, file_of: array, line_of: array) -> None:
-        self.file_of, self.line_of = file_of, line_of
-
-    def track(self, items: Iterator[RawItem]) -> Iterator[RawItem]:
-        for it in items:
-            self.file_of.append(it[0])
-            self.line_of.append(it[1])
-            yield it
+def _track_positions(items: Iterator[RawItem], file_of: array, line_of: array) -> Iterator[RawItem]:
+    """Pass raw records through, recording each one's file and line (pass 2's results carry only
+    status codes; the write pass needs to find every record again)."""
+    for it in items:
+        file_of.append(it[0])
+        line_of.append(it[1])
+        yield it
 
 
 @dataclass
@@ -152,9 +146,8 @@ def run_curate(
             work = Pass2(files, cfg, boiler, term_cms is not None, CODE)
             n_workers = resolve_workers(cfg.workers, total)
             task = progress.add_task(f"clean + sign ({n_workers} worker{'s' if n_workers > 1 else ''})", total=total)
-            positions = _Positions(file_of, line_of)
             with open(spill_path, "w", encoding="utf-8") as spill:
-                for res in run_pass2(work, positions.track(iter_raw(files, stats)), n_workers):
+                for res in run_pass2(work, _track_positions(iter_raw(files, stats), file_of, line_of), n_workers):
                     first = len(status)
                     status.frombytes(res.codes)
                     kept_at = [first + i for i, c in enumerate(res.codes) if c == KEPT]

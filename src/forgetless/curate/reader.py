@@ -62,7 +62,10 @@ def _parse_line(file: Path, fi: int, lineno: int, raw: bytes) -> RawRecord:
     return RawRecord(fi, lineno, n, rec=obj)
 
 
-def iter_raw(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator[tuple[int, int, bytes, bool]]:
+RawItem = tuple[int, int, bytes, bool]  # (file index, line, raw bytes, whole file)
+
+
+def iter_raw(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator[RawItem]:
     """``(file_index, line, raw_bytes, whole_file)`` for every record of ``files``, in order, unparsed.
 
     ``.txt``/``.md`` files are one record each (``whole_file`` True); anything else is JSONL, one

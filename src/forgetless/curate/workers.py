@@ -26,9 +26,7 @@ from . import dedup
 from .clean import clean_record, quality_reject, record_text, word_hashes, words_and_terms
 from .config import CurateConfig
 from .output import json_line
-from .reader import parse_raw
-
-RawItem = tuple[int, int, bytes, bool]  # (file index, line, raw bytes, whole file): see reader.iter_raw
+from .reader import RawItem, parse_raw
 
 CHUNK_RECORDS = 512  # records per task: amortises a task's pickling and a rensa call
 CHUNK_BYTES = 1 << 20  # ...or fewer, so a chunk of huge lines stays small in RAM

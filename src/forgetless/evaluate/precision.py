@@ -46,21 +46,22 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
         yield
 
 
-def _lora_linears(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
-    """``id(base_layer) -> LoRA layer`` for every PEFT LoRA ``Linear`` whose adapters can be merged
-    into a copy of its weight: plain LoRA (no DoRA or other variant), adapters enabled, not merged."""
+def _lora_linears(model: torch.nn.Module) -> dict[int, tuple[torch.nn.Module, list[str]]]:
+    """``id(base_layer) -> (LoRA layer, its active adapters)`` for every PEFT LoRA ``Linear`` whose
+    adapters can be merged into a copy of its weight: plain LoRA (no DoRA or other variant),
+    adapters enabled, not merged."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # peft is a dependency; keep the module importable without it anyway
         return {}
-    out: dict[int, torch.nn.Module] = {}
+    out: dict[int, tuple[torch.nn.Module, list[str]]] = {}
     for mod in model.modules():
         if not isinstance(mod, LoraLinear) or mod.disable_adapters or mod.merged:
             continue
         active = [a for a in mod.active_adapters if a in mod.lora_A]
         if not active or any(a in mod.lora_variant for a in active) or not isinstance(mod.base_layer, torch.nn.Linear):
             continue
-        out[id(mod.base_layer)] = mod
+        out[id(mod.base_layer)] = (mod, active)
     return out
 
 
@@ -102,12 +103,11 @@ def eval_weights(model: torch.nn.Module, precision: str) -> Iterator[None]:
                 w = mod._parameters.get("weight") if isinstance(mod, torch.nn.Linear) else None
                 if w is None or w.requires_grad or w.dtype != torch.float32:
                     continue
-                layer = lora.get(id(mod))
-                if layer is not None:
+                if id(mod) in lora:
+                    layer, active = lora[id(mod)]
                     merged = w.detach().clone()
-                    for a in layer.active_adapters:
-                        if a in layer.lora_A:
-                            merged += layer.get_delta_weight(a).to(merged.dtype)
+                    for a in active:
+                        merged += layer.get_delta_weight(a).to(merged.dtype)
                     copy = torch.nn.Parameter(merged.to(dtype), requires_grad=False)
                     # The LoRA wrapper leaves the module tree for the duration: its parent calls
                     # the base Linear (holding the merged weight) directly.
