@@ -21,10 +21,10 @@ import shutil
 import time
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
+from forgetless import artifacts as A
 from forgetless.config import load_config
 from forgetless.pipeline import run_pipeline
 
@@ -55,12 +55,12 @@ def arm_dir(out: Path, name: str) -> Path:
 
 def result_row(run_dir: Path, summary: dict) -> dict:
     """The metrics of the arm's selected (or final) model against its base."""
-    hist = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    hist = [json.loads(l) for l in (run_dir / A.METRICS).read_text().splitlines()]
     base = hist[0]
     sel = summary.get("selected") or {}
     chosen = next((h for h in hist if h["step"] == sel.get("step")), hist[-1])
     if sel.get("scale", 1.0) != 1.0:
-        curve = json.loads((run_dir / "scale_curve.json").read_text())
+        curve = json.loads((run_dir / A.SCALE_CURVE).read_text())
         chosen = next(c for c in curve if c["scale"] == sel["scale"])
     row = {"step": chosen["step"], "scale": sel.get("scale", 1.0), "general/kl": chosen["general/kl"], **per_step(run_dir)}
     # The evaluator's 95% bootstrap interval: with 60 QA items it is about +-0.11, wider than the
@@ -80,9 +80,9 @@ def per_step(run_dir: Path) -> dict[str, float]:
     With the same number of steps, arms can still differ in what a step holds (replay rows take
     part of a batch, or come on top of it): the table shows it rather than hiding it.
     """
-    ds = json.loads((run_dir / "run_info.json").read_text())["dataset"]
-    train = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())["train"]
-    batch = train["batch_size"] * train["grad_accum"]
+    ds = json.loads((run_dir / A.RUN_INFO).read_text())["dataset"]
+    train = load_config(run_dir / A.RESOLVED_CONFIG).train
+    batch = train.batch_size * train.grad_accum
     domain_share = (ds["rows"] - ds["replay_rows"]) / ds["rows"]
     return {
         "domain rows/step": round(batch * domain_share, 2),
@@ -133,7 +133,7 @@ def main() -> None:
     rows = {}
     for p in sorted(args.out.glob("*/arm.json")):
         r = json.loads(p.read_text())
-        rows[r["arm"]] = {**r, **result_row(p.parent, json.loads((p.parent / "summary.json").read_text()))}
+        rows[r["arm"]] = {**r, **result_row(p.parent, json.loads((p.parent / A.SUMMARY).read_text()))}
     table = Table(title=f"Forgetting benchmark: {args.steps} steps each, sample domain, {load_config(QUICKSTART).model.name}")
     cols = ["step", "scale", f"{GOAL_METRIC} 95%", "gain domain/qa_recall", "gain domain/mc_acc", "general/kl", "gain general/knowledge_mc", "domain rows/step", "replay rows/step", "tokens/step", "seconds"]
     table.add_column("arm")
