@@ -114,7 +114,7 @@ def test_every_config_field_has_a_description() -> None:
 
 def test_replay_and_kl_on_by_default_and_off_together() -> None:
     cfg = load_config(None)
-    assert (cfg.train.replay_ratio, cfg.train.kl_to_base, cfg.train.replay_ce) == (0.3, 5.0, False)
+    assert (cfg.train.replay_ratio, cfg.train.kl_to_base, cfg.train.replay_ce) == (0.3, 1.0, False)
     off = load_config(None, ["train.replay_ratio=0"])
     assert (off.train.replay_ratio, off.train.kl_to_base) == (0.0, 0.0)  # the default KL goes with replay
     explicit = load_config(None, ["train.replay_ratio=0", "train.kl_to_base=2"])
