@@ -142,7 +142,7 @@ class TrainConfig(_Section):
         # 1e-3, replay 0.3, 110 steps), held-out QA recall / general KL of the selected
         # checkpoint per seed: weight 5: 0.233 / 0.040 (seed 0 only); 2.5: 0.267, 0.200 / 0.045,
         # 0.056; 1: 0.333, 0.283, 0.383 / 0.053, 0.048, 0.051 (full fine-tuning, 3 seeds: mean
-        # 0.222 / 0.728). The cost is a higher early peak (0.12-0.14 at step 22 vs 0.10 at 2.5),
+        # 0.222 / 0.728). The cost is a higher early peak (0.12-0.14 at step 22 vs 0.09-0.10 at 2.5),
         # which the budget's patience rides out (the peak falls as the domain loss does) and
         # selection never picks.
         1.0, ge=0,
