@@ -29,6 +29,7 @@ from rich.table import Table
 from forgetless import artifacts as A
 from forgetless.config import load_config
 from forgetless.pipeline import run_pipeline
+from forgetless.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -72,7 +73,8 @@ def result_row(run_dir: Path, summary: dict) -> dict:
     if sel.get("scale", 1.0) != 1.0:
         curve = json.loads((run_dir / A.SCALE_CURVE).read_text())
         chosen = next(c for c in curve if c["scale"] == sel["scale"])
-    row = {"step": chosen["step"], "scale": sel.get("scale", 1.0), "general/kl": chosen["general/kl"], **per_step(run_dir)}
+    cfg = load_config(run_dir / A.RESOLVED_CONFIG)
+    row = {"step": chosen["step"], "scale": sel.get("scale", 1.0), "seed": cfg.seed, "general/kl": chosen["general/kl"], **per_step(run_dir, cfg.train)}
     # The evaluator's 95% bootstrap interval: with 60 QA items it is about +-0.11, wider than the
     # differences between most sweep points, so the table shows it next to the score.
     if f"{GOAL_METRIC}_lo" in chosen:
@@ -84,14 +86,13 @@ def result_row(run_dir: Path, summary: dict) -> dict:
     return row
 
 
-def per_step(run_dir: Path) -> dict[str, float]:
+def per_step(run_dir: Path, train: TrainConfig) -> dict[str, float]:
     """Rows and tokens one optimizer step trains on, on average, split into domain and replay.
 
     With the same number of steps, arms can still differ in what a step holds (replay rows take
     part of a batch, or come on top of it): the table shows it rather than hiding it.
     """
     ds = json.loads((run_dir / A.RUN_INFO).read_text())["dataset"]
-    train = load_config(run_dir / A.RESOLVED_CONFIG).train
     batch = train.batch_size * train.grad_accum
     domain_share = (ds["rows"] - ds["replay_rows"]) / ds["rows"]
     return {
@@ -176,11 +177,6 @@ def recipe(name: str) -> str:
     return head if sep and tail.isdigit() else name
 
 
-def seed_of(row: dict) -> int:
-    """The seed an arm ran with (the last ``seed=`` override wins, as in the config loader)."""
-    return next((int(o.split("=", 1)[1]) for o in reversed(row.get("overrides", [])) if o.startswith("seed=")), 0)
-
-
 def groups_of(rows: dict[str, dict]) -> dict[str, list[dict]]:
     """Arms grouped by recipe (their seeds together), in the order the rows come."""
     groups: dict[str, list[dict]] = {}
@@ -205,7 +201,7 @@ def goal_lines(rows: dict[str, dict]) -> list[str]:
     full = groups.get("naive full FT")
     if full is None:
         return []
-    g_full, kl_full = mean(full, f"gain {GOAL_METRIC}"), mean(full, "general/kl")
+    g_full, kl_full, doc_full = mean(full, f"gain {GOAL_METRIC}"), mean(full, "general/kl"), mean(full, f"gain {DOC_ONLY}")
     lines = [f"naive full FT over {len(full)} seed(s): {GOAL_METRIC} gain {g_full:.3f}, general KL {kl_full:.3f}"]
     for key, g in groups.items():
         if not key.startswith("forgetless"):
@@ -213,8 +209,8 @@ def goal_lines(rows: dict[str, dict]) -> list[str]:
         keep = mean(g, f"gain {GOAL_METRIC}") / g_full if g_full > 0 else float("nan")
         gains = ", ".join(f"{r.get(f'gain {GOAL_METRIC}', 0.0):.3f}" for r in g)
         kls = ", ".join(f"{r['general/kl']:.3f}" for r in g)
-        seeds = f"seeds {', '.join(str(seed_of(r)) for r in g)}" if len(g) > 1 else f"seed {seed_of(g[0])}"
-        doc = mean(g, f"gain {DOC_ONLY}") / mean(full, f"gain {DOC_ONLY}") if mean(full, f"gain {DOC_ONLY}") > 0 else float("nan")
+        seeds = f"seeds {', '.join(str(r['seed']) for r in g)}" if len(g) > 1 else f"seed {g[0]['seed']}"
+        doc = mean(g, f"gain {DOC_ONLY}") / doc_full if doc_full > 0 else float("nan")
         lines.append(
             f"{key} ({seeds}; gains {gains}; KL {kls}): keeps {keep:.0%} of full FT's {GOAL_METRIC} gain "
             f"(goal >= 90%) at {mean(g, 'general/kl') / kl_full:.0%} of its general KL (goal <= 10%); "
