@@ -27,13 +27,14 @@ from .errors import ForgetlessError
 from .evaluate.domain import load_domain
 from .evaluate.drift import cached_reference, load_general_prompts
 from .evaluate.precision import resolve as resolve_precision
-from .evaluate.runner import Evaluator, eval_timing, is_noop_adapter
+from .evaluate.runner import Evaluator, eval_timing
 from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import history_table, plot_curves, write_report
 from .runinfo import data_hashes, run_info
 from .train.adapters import attach_adapter, is_peft, trainable_parameters
-from .train.budget import BudgetJudge, BudgetStopCallback
+from .integrations.callback import ForgetlessCallback, judge_budget
+from .train.budget import BudgetJudge
 from .train.calibrate import bake_scale, load_adapter_weights, sweep_scales
 from .train.callbacks import MetricsRecorder, is_main_process
 from .train.checkpoints import checkpoint_step, last_complete, remove_incomplete
@@ -141,23 +142,16 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         judge.base_scores = evaluator.ensure_base_scores(model)
     recorder = MetricsRecorder(run_dir / A.METRICS, run_dir / A.TENSORBOARD_DIR)
     resume_from = find_resume_point(cfg, recorder, console) if resume else None
-    if not any(h["step"] == 0 for h in recorder.read()):
+    # Both suites and the budget at every checkpoint: the same callback users add to their trainers.
+    fl = ForgetlessCallback(evaluator=evaluator, recorder=recorder, judge=judge, budget=cfg.budget, patience=cfg.train.patience, write_outputs=False)
+    if fl.needs_base():
         with console.status("evaluating the base model (step 0)"):
-            # A fresh LoRA is an exact no-op, so step 0 is the base: scored once per base, data and
-            # settings, then read from the user cache (KL is 0 by construction).
-            if is_noop_adapter(model):
-                base_metrics, was_cached = evaluator.evaluate_base(model)
-                if was_cached:
-                    console.print("  step 0 = the base model: evaluation read from the cache")
-            else:
-                base_metrics = evaluator.evaluate(model, step=0)
-            base_metrics["budget/violations"], base_metrics["budget/inside"] = [], 1.0
-            recorder.record_eval(base_metrics)
-    stopper = BudgetStopCallback(cfg.train.patience)
-    if resume_from is not None:
-        stopper.restore(recorder.read())  # evaluations before the checkpoint still count towards patience
+            _, was_cached = fl.evaluate_base(model)
+        if was_cached:
+            console.print("  step 0 = the base model: evaluation read from the cache")
+    # On a resume, the callback counts the evaluations before the checkpoint towards patience.
     trainer = build_trainer(cfg, model, tok, dataset, evaluator, recorder, total_steps=total_steps, every=every, device=device,
-                            console=console, regularizers=regs, judge=judge, extra_callbacks=[stopper],
+                            console=console, regularizers=regs, judge=judge, callback=fl,
                             token_lr=cfg.tokens.lr if extension is not None else None)  # fmt: skip
     t_train = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
@@ -165,8 +159,8 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     recorder.close()
     if not trainer.is_world_process_zero():
         return {}  # distributed launch: the other ranks only train; rank 0 calibrates, selects, exports, reports
-    if stopper.stopped_at is not None:
-        console.print(f"[yellow]early stop at step {stopper.stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
+    if fl.stopper.stopped_at is not None:
+        console.print(f"[yellow]early stop at step {fl.stopper.stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
 
     # 7. Adapter-scale sweep on the best checkpoint, then the best (checkpoint, scale) inside the budget.
     history = sorted(recorder.read(), key=lambda h: h["step"])
@@ -202,7 +196,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     summary = {
         "verdict": sel.verdict,
         "selected": {"step": sel.step, "scale": chosen_scale, "metric": sel.metric, "score": sel.score} if sel.step is not None else None,
-        "early_stop_step": stopper.stopped_at,
+        "early_stop_step": fl.stopper.stopped_at,
         "base": history[0] if history else None,
         "final": history[-1] if history else None,
         "budget": cfg.budget.model_dump(),
@@ -298,8 +292,7 @@ def calibrate_scale(
     def evaluate(scale: float) -> dict[str, Any]:
         with console.status(f"evaluating scale {scale}"):
             mm = evaluator.evaluate(model, step=best["step"])
-        v = judge.violations(mm, evaluator.last_scores)
-        mm["budget/violations"], mm["budget/inside"] = v, float(not v)
+        judge_budget(judge, mm, evaluator.last_scores)
         return mm
 
     curve = sweep_scales(model, [s for s in cfg.train.scale_sweep if s != 1.0], evaluate)
