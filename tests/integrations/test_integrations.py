@@ -197,6 +197,8 @@ def test_same_metrics_as_forgetless_run(tiny_run: Path, kind: str) -> None:
                 assert hu[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (hp["step"], k)
         assert hu["budget/inside"] == hp["budget/inside"]
     assert any(h.get("reg/kl_to_base", 0) > 0 for h in trainer.state.log_history)
+    logged = [h for h in trainer.state.log_history if "eval_general/kl" in h]
+    assert [(h["step"], h["eval_general/kl"]) for h in logged] == [(h["step"], h["general/kl"]) for h in user]
 
 
 def test_mix_replay_ratio_by_rows_and_tokens(tiny_model_dir: Path) -> None:
@@ -212,10 +214,82 @@ def test_mix_replay_ratio_by_rows_and_tokens(tiny_model_dir: Path) -> None:
         mix_replay(domain, Dataset.from_list(REPLAY), 0.3)
 
 
-def test_callback_without_a_trainer_says_how_to_bind(tiny_run: Path, tiny_model_dir: Path) -> None:
-    model = load_model(str(tiny_model_dir))
-    args = TrainingArguments(output_dir=str(tiny_run / "x"), max_steps=1, report_to="none", use_cpu=True)
-    ds = build_dataset(load_tokenizer(str(tiny_model_dir)), load_examples([tiny_run / "train.jsonl"]), max_length=32)
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PackedCollator(0), callbacks=[ForgetlessCallback(eval_qa=tiny_run / "qa.jsonl")])
+def test_callback_finds_the_trainer_that_runs_it(tiny_run: Path, tiny_model_dir: Path) -> None:
+    """A trainer built elsewhere (as LLaMA-Factory's run_exp(callbacks=...) does) is found when its
+    train() starts; outside any trainer, the callback says how to bind it."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = attach_adapter(load_model(str(tiny_model_dir)), load_config(tiny_run / "cfg.yaml").lora)
+    args = TrainingArguments(output_dir=str(tiny_run / "x"), max_steps=1, report_to="none", use_cpu=True, save_strategy="no", remove_unused_columns=False)
+    ds = build_dataset(tok, load_examples([tiny_run / "train.jsonl"]), max_length=32)
+    fl = ForgetlessCallback(eval_qa=tiny_run / "qa.jsonl", eval={**_eval(tiny_run), "general_suites": []}, every=1)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=PackedCollator(0), callbacks=[fl])
+    trainer.train()
+    assert fl.trainer is trainer
+    assert [h["step"] for h in trainer.state.log_history if "eval_general/kl" in h] == [0, 1]
     with pytest.raises(ValueError, match="bind"):
+        ForgetlessCallback().on_train_begin(args, trainer.state, trainer.control, model=model)
+
+
+def test_forgetting_controls_added_to_a_built_trainer(tiny_run: Path, tiny_model_dir: Path) -> None:
+    """add_forgetting_controls (an Axolotl plugin's post_trainer_create): loss = LM loss + w * L2-SP."""
+    from forgetless.integrations import add_forgetting_controls
+    from forgetless.train.regularizers import lora_l2, lora_layers
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = attach_adapter(load_model(str(tiny_model_dir)), load_config(tiny_run / "cfg.yaml").lora)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ds = build_dataset(tok, load_examples([tiny_run / "train.jsonl"]), max_length=32)
+    args = TrainingArguments(output_dir=str(tiny_run / "y"), max_steps=1, report_to="none", use_cpu=True, remove_unused_columns=False)
+    trainer = add_forgetting_controls(Trainer(model=model, args=args, train_dataset=ds, data_collator=PackedCollator(0)), l2sp=3.0)
+    batch = PackedCollator(0)([ds[0]])
+    plain = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=batch["labels"]).loss
+    l2 = lora_l2(lora_layers(model))
+    assert float(l2) > 0
+    assert trainer.compute_loss(model, dict(batch)).item() == pytest.approx(plain.item() + 3.0 * l2.item(), rel=1e-5)
+
+
+def test_plain_trainer_evaluation_steps_reach_its_tensorboard(tiny_run: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No mixin: a plain Trainer with its own eval set and eval schedule; the callback scores both
+    suites at those steps, logs through report_to=tensorboard and stops on a breached budget."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = attach_adapter(load_model(str(tiny_model_dir)), load_config(tiny_run / "cfg.yaml").lora)
+    ds = build_dataset(tok, load_examples([tiny_run / "train.jsonl"]), max_length=32)
+    out = tiny_run / "plain"
+    args = TrainingArguments(
+        output_dir=str(out), max_steps=6, per_device_train_batch_size=2, learning_rate=0.05, eval_strategy="steps", eval_steps=2,
+        logging_steps=1, save_strategy="no", report_to="tensorboard", use_cpu=True, remove_unused_columns=False,
+    )  # fmt: skip
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(out / "tb"))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok, data_collator=PackedCollator(0))
+    trainer.add_callback(ForgetlessCallback(trainer, eval_qa=tiny_run / "qa.jsonl", eval=_eval(tiny_run), budget={"general_kl": 1e-9}, patience=2))
+    trainer.train()
+    # Evaluations at 2 and 4 are both outside a 1e-9 budget: patience 2 stops at step 4.
+    assert trainer.state.global_step == 4
+    ours = [h for h in trainer.state.log_history if "eval_general/kl" in h]
+    assert [h["step"] for h in ours] == [0, 2, 4] and [h["eval_budget/inside"] for h in ours] == [1.0, 0.0, 0.0]
+    assert [h["step"] for h in trainer.state.log_history if "eval_loss" in h] == [2, 4]  # the trainer's own evaluation still runs
+    assert [h["step"] for h in _lines(out / A.METRICS)] == [0, 2, 4]
+    acc = EventAccumulator(str(out / "tb")).Reload()
+    kl = acc.Scalars("eval/general/kl")  # the Trainer's loggers file eval_<name> under eval/<name>
+    assert [e.step for e in kl] == [0, 2, 4] and kl[1].value == pytest.approx(ours[1]["eval_general/kl"])
+    assert json.loads((out / A.SUMMARY).read_text())["early_stop_step"] == 4
+
+
+def test_kl_without_replay_rows_is_refused_at_train_start(tiny_run: Path, tiny_model_dir: Path) -> None:
+    """TRL's packing keeps only input_ids and labels: the replay column would vanish silently."""
+    from trl import SFTConfig, SFTTrainer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    train = mix_replay(Dataset.from_list(DOMAIN), Dataset.from_list(REPLAY), 0.5)
+    args = SFTConfig(output_dir=str(tiny_run / "p"), max_steps=1, report_to="none", use_cpu=True, max_length=32, packing=True, bf16=False)
+    trainer = forgetless_trainer(SFTTrainer)(
+        model=load_model(str(tiny_model_dir)), args=args, train_dataset=train, processing_class=tok, kl_to_base=1.0,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no 'replay' column"):
         trainer.train()

@@ -3,9 +3,9 @@
 At each of the trainer's evaluations (``on_evaluate``; or every ``every`` steps on its own) it
 scores both suites on the current weights: the domain suite (held-out QA, multiple choice,
 perplexity) and general drift (KL to the cached base reference) plus the general accuracy suites.
-Every metric goes to ``metrics.jsonl`` and through the trainer's own ``log`` (so TensorBoard, W&B,
-MLflow, whatever ``report_to`` names, see it as ``eval_<metric>``) and into the metrics of the
-evaluation (so ``metric_for_best_model`` can name one). The budget is judged at each evaluation;
+Every metric goes to ``metrics.jsonl`` and through the trainer's own ``log`` as ``eval_<metric>``
+(so TensorBoard, W&B, MLflow, whatever ``report_to`` names, file it under ``eval/<metric>``) and
+into the metrics of the evaluation (so ``metric_for_best_model`` can name one). The budget is judged at each evaluation;
 ``patience`` evaluations in a row outside it stop training. At the end of training the callback
 writes ``curves.png``, ``summary.json`` (the verdict and the best checkpoint inside the budget)
 and ``report.md``, as ``forgetless run`` does. forgetless' own pipeline evaluates through it too.
@@ -13,8 +13,11 @@ and ``report.md``, as ``forgetless run`` does. forgetless' own pipeline evaluate
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +64,49 @@ def base_weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def own_precision(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block on ``model``'s own forward, not the trainer's mixed-precision one.
+
+    Under ``bf16``/``fp16`` training, accelerate replaces the model's ``forward`` with one wrapped
+    in autocast (keeping the original as ``_original_forward``). Evaluation has its own precision
+    (``eval.precision``), which keys the cached base reference and base scores: evaluated through
+    the trainer's wrapper, an "fp32" evaluation would silently be bf16 and its caches would then
+    disagree with every fp32 run (measured in a test: KL on the math prompts 0.003566 instead of 0.003581 at step 3, after an
+    earlier bf16 run had filled the cache).
+    """
+    patched, original = model.__dict__.get("forward"), model.__dict__.get("_original_forward")
+    if patched is None or original is None:
+        yield
+        return
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = patched
+
+
+def _calling_trainer() -> Trainer | None:
+    """The Trainer whose ``train()`` is running this callback event, found on the call stack.
+
+    For trainers built by a framework (LLaMA-Factory's ``run_exp(callbacks=...)``) where the user
+    never holds the trainer to bind: callback events are always called from the Trainer's methods.
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Trainer):
+            return owner
+        frame = frame.f_back
+    return None
+
+
 class ForgetlessCallback(TrainerCallback):
     """Both suites and the forgetting budget at the trainer's evaluation steps.
 
     Args:
-        trainer: the trainer to log through. Optional when the trainer is built by
-            :func:`forgetless_trainer` (it binds itself); otherwise pass it, or call :meth:`bind`.
+        trainer: the trainer to log through. Optional: a trainer built by :func:`forgetless_trainer`
+            binds itself, and any other is found when its ``train()`` starts.
         run_dir: where metrics.jsonl, curves.png, summary.json and report.md go (default: the
             trainer's ``output_dir``).
         eval_qa, eval_mc, eval_text: the held-out domain files (JSONL, as for ``forgetless run``).
@@ -116,6 +156,7 @@ class ForgetlessCallback(TrainerCallback):
         self.selection: Selection | None = None
         self._evaluated_step: int | None = None
         self._t_train: float | None = None
+        self.setup_s: float | None = None
 
     # --- setting up -------------------------------------------------------------------------
 
@@ -147,7 +188,7 @@ class ForgetlessCallback(TrainerCallback):
             tok_fp = tokenizer_fingerprint(tok)
             precision = resolve_precision(e.precision, device)
             prompts = load_general_prompts(e.general_prompts, e.general_limit)
-            ctx = model.disable_adapter() if is_peft else _null()
+            ctx = model.disable_adapter() if is_peft else contextlib.nullcontext()
             was = model.training
             model.eval()
             with ctx:
@@ -190,16 +231,21 @@ class ForgetlessCallback(TrainerCallback):
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, processing_class: Any = None, **kw: Any) -> None:
         if self.trainer is None:
+            self.trainer = _calling_trainer()
+        if self.trainer is None:
             raise ValueError("ForgetlessCallback is not bound to a trainer: ForgetlessCallback(trainer, ...), .bind(trainer), or build the trainer with forgetless_trainer(...)")
-        self.prepare(model, processing_class if processing_class is not None else self.trainer.processing_class, args.device)
-        assert self.recorder is not None
-        if state.global_step > 0:
-            # A resumed run: evaluations after the checkpoint are redone; earlier ones still count.
-            self.recorder.truncate_after(state.global_step)
-            self.stopper.restore(self.recorder.read())
-        elif state.is_world_process_zero and self.needs_base():
-            self.evaluate_base(model)
+        t0 = time.time()
+        with own_precision(model):
+            self.prepare(model, processing_class if processing_class is not None else self.trainer.processing_class, args.device)
+            assert self.recorder is not None
+            if state.global_step > 0:
+                # A resumed run: evaluations after the checkpoint are redone; earlier ones still count.
+                self.recorder.truncate_after(state.global_step)
+                self.stopper.restore(self.recorder.read())
+            elif state.is_world_process_zero and self.needs_base():
+                self.evaluate_base(model)
         self._t_train = time.time()
+        self.setup_s = self._t_train - t0  # base reference, base suite scores, step 0 (cached after the first run)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kw: Any) -> TrainerControl:
         if self.schedule is not None:
@@ -226,7 +272,8 @@ class ForgetlessCallback(TrainerCallback):
             return control  # the trainer's evaluation and ``every`` fell on the same step
         assert self.evaluator is not None and self.recorder is not None, "ForgetlessCallback: on_train_begin did not run"
         model = model if model is not None else self.trainer.model  # type: ignore[union-attr]
-        metrics = self.evaluator.evaluate(model, step=state.global_step)
+        with own_precision(model):
+            metrics = self.evaluator.evaluate(model, step=state.global_step)
         judge_budget(self.judge, metrics, self.evaluator.last_scores)
         if state.is_world_process_zero:
             self.recorder.record_eval(metrics)
@@ -262,17 +309,10 @@ class ForgetlessCallback(TrainerCallback):
             "base": history[0] if history else None,
             "final": history[-1] if history else None,
             "budget": self.budget.model_dump(),
-            "timing": eval_timing(history, train_s),
+            "timing": {**eval_timing(history, train_s), "setup_s": round(self.setup_s, 1) if self.setup_s is not None else None},
         }  # fmt: skip
         atomic_write_json(run_dir / A.SUMMARY, summary)
         plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=self.budget.general_kl)
         write_report(run_dir / A.REPORT_MD, title=f"forgetless evaluation: {run_dir.name}", history=history, summary=summary)
         return summary
 
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None

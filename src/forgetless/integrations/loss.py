@@ -37,16 +37,11 @@ class ReplayCollator:
         self.kl_only = kl_only
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        if examples and REPLAY not in examples[0]:
-            raise ValueError(
-                "kl_to_base needs replay rows, but the training examples have no 'replay' field: mix replay data in with "
-                "forgetless.integrations.mix_replay(...), and keep the column (TRL: packing=False, padding_free=False)"
-            )
         flags = []
         rest = []
         for ex in examples:
             ex = dict(ex)
-            flag = ex.pop(REPLAY)
+            flag = ex.pop(REPLAY, False)  # evaluation sets have no replay rows
             if isinstance(flag, (list, tuple)):
                 raise ValueError("a training row holds several examples' replay flags (packed rows): turn packing off for replay KL")
             flags.append(bool(flag))
@@ -90,6 +85,11 @@ class ForgetlessLossMixin:
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers)
+
+    def _init_forgetless(
+        self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None
+    ) -> None:
         if regularizers is None and (kl_to_base or l2sp or ewc):
             # After the parent's init: TRL wraps the model in PEFT there, and the terms need the final model.
             regularizers = Regularizers(self.model, kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher)  # type: ignore[attr-defined]
@@ -118,6 +118,16 @@ class ForgetlessLossMixin:
         cols = self._signature_columns  # type: ignore[attr-defined]
         if REPLAY not in cols:
             self._signature_columns = [*cols, REPLAY]
+
+    def get_train_dataloader(self) -> Any:
+        """The parent's, after checking that the replay flag reached the training set."""
+        cols = getattr(self.train_dataset, "column_names", None)  # type: ignore[attr-defined]
+        if isinstance(self.data_collator, ReplayCollator) and cols is not None and REPLAY not in cols:  # type: ignore[attr-defined]
+            raise ValueError(
+                "kl_to_base needs replay rows, but the training dataset has no 'replay' column: mix replay data in with "
+                "forgetless.integrations.mix_replay(...), and keep the column (TRL drops it when packing: packing=False)"
+            )
+        return super().get_train_dataloader()  # type: ignore[misc]
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None):  # noqa: ANN201
         """The parent's loss on labelled tokens plus the weighted regularizer terms."""
@@ -214,3 +224,26 @@ def forgetless_trainer(trainer_cls: type) -> type:
     The same class is returned for the same parent, so checkpoints and pickles see one name.
     """
     return type(f"Forgetless{trainer_cls.__name__}", (ForgetlessLossMixin, trainer_cls), {"__module__": __name__})
+
+
+def add_forgetting_controls(
+    trainer: Any,
+    *,
+    kl_to_base: float = 0.0,
+    l2sp: float = 0.0,
+    ewc: float = 0.0,
+    fisher: dict[str, torch.Tensor] | None = None,
+    replay_ce: bool = False,
+    regularizers: Regularizers | None = None,
+) -> Any:
+    """Give a trainer that something else built the :class:`ForgetlessLossMixin` terms, in place.
+
+    For frameworks that construct the trainer themselves (an Axolotl plugin's
+    ``post_trainer_create``): the instance's class becomes ``forgetless_trainer(type(trainer))``,
+    so its ``compute_loss`` adds the weighted terms; nothing else of the trainer changes.
+    Returns the trainer. Call it before ``train()``.
+    """
+    if not isinstance(trainer, ForgetlessLossMixin):
+        trainer.__class__ = forgetless_trainer(type(trainer))
+    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers)
+    return trainer

@@ -6,6 +6,7 @@ The draw is forgetless' own (:func:`forgetless.train.dataset.draw_replay`): repl
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ..train.dataset import draw_replay
@@ -42,3 +43,21 @@ def mix_replay(dataset: Any, replay: Any, ratio: float, *, tokenizer: Any = None
         return domain
     drawn = replay.select(idx).add_column(REPLAY, [True] * len(idx))
     return concatenate_datasets([domain, drawn.cast(domain.features)])
+
+
+def base_replay(model: Any, tokenizer: Any, *, n: int | None = None, max_new_tokens: int = 64, base_fingerprint: str | None = None) -> Any:
+    """The base model's own answers to forgetless' general replay prompts, as a ``messages`` dataset.
+
+    What ``forgetless run`` replays when it has no replay file: generated once per base (greedy,
+    adapter off) and cached. ``n``: the first n prompts (default: all 200).
+    """
+    from datasets import Dataset
+
+    from ..curate.replay import load_prompts, self_generated_replay
+    from .callback import base_weights_fingerprint
+
+    key = base_fingerprint or base_weights_fingerprint(model)
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+        recs = self_generated_replay(model, tokenizer, n=n or len(load_prompts()), max_new_tokens=max_new_tokens, cache_key=key)
+    return Dataset.from_list([{"messages": r["messages"]} for r in recs])
+
