@@ -28,7 +28,7 @@ name = resolve_model("smollm2-135m-instruct")  # the embedded model as a local H
 tok = AutoTokenizer.from_pretrained(name)
 model = get_peft_model(AutoModelForCausalLM.from_pretrained(name), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
 data = load_dataset("json", data_files=str(DATA / "train_qa.jsonl"), split="train").train_test_split(test_size=10, seed=0)
-train = mix_replay(data["train"], base_replay(model, tok), 0.3, tokenizer=tok)  # forgetless: general replay rows
+train = mix_replay(data["train"], base_replay(model, tok, n=64), 0.3, tokenizer=tok)  # forgetless: general replay rows
 
 
 def tokenize(row: dict) -> dict:
