@@ -293,3 +293,27 @@ def test_kl_without_replay_rows_is_refused_at_train_start(tiny_run: Path, tiny_m
     )  # fmt: skip
     with pytest.raises(ValueError, match="no 'replay' column"):
         trainer.train()
+
+
+def test_evaluation_bypasses_the_trainers_mixed_precision_forward(tiny_model_dir: Path) -> None:
+    """accelerate keeps the model's forward as _original_forward and installs an autocast one;
+    evaluation runs on the original (at eval.precision) and leaves the trainer's in place after."""
+    from forgetless.integrations.callback import own_precision
+
+    model = load_model(str(tiny_model_dir))
+    ids = torch.tensor([[5, 6, 7]])
+    expected = model(input_ids=ids).logits
+    calls = []
+
+    def mixed(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model._original_forward(*a, **k)
+
+    model._original_forward = model.forward
+    model.forward = mixed
+    with own_precision(model):
+        got = model(input_ids=ids).logits
+    assert not calls and torch.equal(got, expected)  # fp32, not the trainer's bf16
+    model(input_ids=ids)
+    assert calls == [1]  # the trainer's forward is back
