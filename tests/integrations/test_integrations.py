@@ -12,6 +12,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import Trainer, TrainingArguments, set_seed
+from trl import SFTConfig, SFTTrainer  # the dev extra pins it: these tests are about TRL's real trainer
 
 from forgetless import artifacts as A
 from forgetless.config import load_config
@@ -22,7 +23,6 @@ from forgetless.pipeline import run_pipeline
 from forgetless.train.adapters import attach_adapter
 from forgetless.train.dataset import PackedCollator, build_dataset
 
-trl = pytest.importorskip("trl")
 
 REPLAY = [
     {"messages": [{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital of france"}]},
@@ -50,8 +50,6 @@ def _lines(path: Path) -> list[dict]:
 
 def _sft(tiny_run: Path, tiny_model_dir: Path, out: Path, *, steps: int, callback_kw: dict, kl: float = 1.0):  # noqa: ANN202
     """TRL's SFTTrainer as a user sets it up, plus the forgetless lines."""
-    from trl import SFTConfig, SFTTrainer
-
     tok = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir))
     train = mix_replay(Dataset.from_list(DOMAIN), Dataset.from_list(REPLAY), 0.5, tokenizer=tok, seed=0)
@@ -160,8 +158,6 @@ def _user_trainer(cfg, tiny_run: Path, out: Path, trainer_cls: type):  # noqa: A
     if trainer_cls is Trainer:
         args, extra = TrainingArguments(**common), {}
     else:
-        from trl import SFTConfig
-
         # Already tokenized and packed rows: TRL skips its own preparation; max_length covers every row.
         # SFTConfig turns bf16 on by default; the pipeline here trains in fp32.
         args, extra = SFTConfig(**common, max_length=None, bf16=False), {}
@@ -182,9 +178,6 @@ def test_same_metrics_as_forgetless_run(tiny_run: Path, kind: str) -> None:
     cfg = load_config(tiny_run / "cfg.yaml", [*COMMON, f"data.replay={replay}", f"run_dir={tiny_run / 'pipe'}"])
     run_pipeline(cfg)
     pipe = _lines(cfg.run_dir / A.METRICS)
-
-    from trl import SFTTrainer
-
     trainer = _user_trainer(cfg, tiny_run, tiny_run / kind, Trainer if kind == "trainer" else SFTTrainer)
     trainer.train()
     user = _lines(tiny_run / kind / A.METRICS)
@@ -282,8 +275,6 @@ def test_plain_trainer_evaluation_steps_reach_its_tensorboard(tiny_run: Path, ti
 
 def test_kl_without_replay_rows_is_refused_at_train_start(tiny_run: Path, tiny_model_dir: Path) -> None:
     """TRL's packing keeps only input_ids and labels: the replay column would vanish silently."""
-    from trl import SFTConfig, SFTTrainer
-
     tok = load_tokenizer(str(tiny_model_dir))
     train = mix_replay(Dataset.from_list(DOMAIN), Dataset.from_list(REPLAY), 0.5)
     args = SFTConfig(output_dir=str(tiny_run / "p"), max_steps=1, report_to="none", use_cpu=True, max_length=32, packing=True, bf16=False)
