@@ -12,12 +12,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .budget import BudgetConfig
 from .curate.config import CurateConfig
 from .errors import ConfigError
-from .evaluate.config import BudgetConfig, EvalConfig
+from .evaluate.config import EvalConfig
 from .io import read_text_file
+from .model_config import ModelConfig
 from .tokens.config import TokensConfig
-from .train.config import DataConfig, LoraSettings, ModelConfig, TrainConfig
+from .train.config import DataConfig, LoraSettings, TrainConfig
 
 
 class Strict(BaseModel):

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS versions (
     general_pass INTEGER NOT NULL,
     reasons TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    budget_state TEXT NOT NULL DEFAULT 'unknown',
     UNIQUE (name, version)
 );
 CREATE TABLE IF NOT EXISTS aliases (
@@ -114,6 +115,7 @@ class Version:
     general_pass: bool
     reasons: list[str]
     created_at: str
+    budget_state: str = "unknown"  # inside, outside, unset (no budget set); unknown for rows registered before it was recorded
 
     @property
     def ref(self) -> str:
@@ -150,6 +152,11 @@ class Registry:
             # WAL: readers (serve polling an alias) never block the writer, nor it them.
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            # Databases made before the budget's state was recorded gain the column (one statement,
+            # idempotent: the column list is checked first).
+            cols = {r["name"] for r in con.execute("PRAGMA table_info(versions)")}
+            if "budget_state" not in cols:
+                con.execute("ALTER TABLE versions ADD COLUMN budget_state TEXT NOT NULL DEFAULT 'unknown'")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
@@ -202,12 +209,12 @@ class Registry:
             cur = con.execute(
                 "INSERT INTO versions (name, version, run_dir, base_model, adapter_sha256, base_sha256, tokenizer_sha256,"
                 " data_sha256, config_sha256, code_version, selected_step, scores, base_scores, budget_general_kl,"
-                " domain_pass, general_pass, reasons, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " domain_pass, general_pass, reasons, created_at, budget_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     name, nxt, rec.run_dir, rec.base_model, rec.adapter_sha256, rec.base_sha256, rec.tokenizer_sha256,
                     rec.data_sha256, rec.config_sha256, rec.code_version, rec.selected_step, json.dumps(rec.scores),
                     json.dumps(rec.base_scores), rec.budget_general_kl, int(rec.domain_pass), int(rec.general_pass),
-                    json.dumps(rec.reasons), _now(),
+                    json.dumps(rec.reasons), _now(), rec.budget_state,
                 ),
             )
             row = con.execute("SELECT * FROM versions WHERE id=?", (cur.lastrowid,)).fetchone()
@@ -264,14 +271,20 @@ class Registry:
                 stack.pop()
         return stack
 
-    def promote(self, ref: str, alias: str) -> Version:
-        """Point ``alias`` at a version, only if both suites passed and its adapter is unchanged on disk."""
+    def promote(self, ref: str, alias: str, *, allow_no_budget: bool = False) -> Version:
+        """Point ``alias`` at a version, only if both suites passed and its adapter is unchanged on disk.
+
+        A run trained with no forgetting budget has no general verdict to pass: it is promoted only
+        with ``allow_no_budget`` (its domain suite must still pass).
+        """
         validate_name(alias, "alias")
         v = self.get(ref)
-        if not v.passes:
-            failed = [s for s, ok in (("domain", v.domain_pass), ("general", v.general_pass)) if not ok]
+        unbudgeted = v.budget_state == "unset" and allow_no_budget
+        if not v.domain_pass or not (v.general_pass or unbudgeted):
+            failed = [s for s, ok in (("domain", v.domain_pass), ("general", v.general_pass or unbudgeted)) if not ok]
             why = "; ".join(v.reasons) or "suite verdict recorded as failed"
-            raise ForgetlessError(f"refusing to promote {v.ref} to '{alias}': {' and '.join(failed)} suite failed ({why})")
+            hint = " (pass --allow-no-budget to promote a run that set no budget)" if v.budget_state == "unset" else ""
+            raise ForgetlessError(f"refusing to promote {v.ref} to '{alias}': {' and '.join(failed)} suite failed ({why}){hint}")
         adapter = Path(v.run_dir) / artifacts.ADAPTER_DIR
         if not adapter.is_dir():
             raise ForgetlessError(f"refusing to promote {v.ref}: its adapter folder {adapter} is gone")

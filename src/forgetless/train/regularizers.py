@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
-from .adapters import is_peft
+from ..adapter import adapter_off, is_peft
 
 
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -118,7 +118,7 @@ class Regularizers:
         ids, pos, labels = inputs["input_ids"][rows], inputs["position_ids"][rows], inputs["labels"][rows]
         with torch.no_grad():
             if self.peft:
-                with model.disable_adapter():
+                with adapter_off(model):
                     base = model(input_ids=ids, position_ids=pos, use_cache=False).logits
             else:
                 base = self.base_copy(input_ids=ids, position_ids=pos, use_cache=False).logits  # type: ignore[misc]
@@ -171,8 +171,7 @@ def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
     model.eval()
     n = 0
     try:
-        ctx = model.disable_adapter() if peft else _nullcontext()
-        with ctx:
+        with adapter_off(model):
             for batch in batches:
                 if n >= max_batches:
                     break
@@ -192,11 +191,3 @@ def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
         raise ValueError("no general-data batches to estimate the Fisher from")
     mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
     return {k: v / n / (mean / n).clamp_min(1e-30) for k, v in fisher.items()}
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
