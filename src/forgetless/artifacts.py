@@ -26,6 +26,8 @@ TOKENS_DIR = "tokens"  # fertility analysis and extended-vocabulary exports
 ROUTER = "router.safetensors"  # out-of-domain router statistics (serve)
 ROUTER_INFO = "router.json"  # router threshold and calibration AUROC
 SCALE_CURVE = "scale_curve.json"  # adapter-scale calibration sweep
+# --- `forgetless demo`: one folder holding both arms' run folders --------------------------------
+DEMO_COMPARISON_PNG = "comparison.png"  # both arms' checkpoints: general KL against domain QA recall
 
 # --- inside the user cache (not the run folder) --------------------------------------------------
 CACHE_ENV = "FORGETLESS_CACHE"  # overrides the cache root (default: ~/.cache/forgetless)

@@ -64,15 +64,11 @@ def validate(
 def demo(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
-    """Run the demo config on the embedded model and the sample domain (what `make demo` calls).
+    """Plain fine-tuning next to the forgetless defaults with a budget, on the embedded model and the
+    sample domain: same data, same steps (what `make demo` calls)."""
+    from .sample.demo import run_demo
 
-    The sample data is generated (seeded, byte-identical to examples/data/pharma) into the user
-    cache, so the demo runs the same from a source checkout and from an installed wheel.
-    """
-    from .pipeline import run_pipeline
-    from .sample.demo import demo_config
-
-    run_pipeline(demo_config(overrides or []), resume=False, console=console)
+    run_demo(overrides or [], console=console)
 
 
 # Each stage owns its commands in its own cli module; this table is the whole list.

@@ -9,7 +9,6 @@ early stop at every checkpoint) and step 5 (the best checkpoint and adapter scal
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +35,11 @@ from .runinfo import data_hashes, run_info
 from .train.adapters import attach_adapter, trainable_parameters
 from .train.budget import BudgetJudge, BudgetStopCallback, Selection, select
 from .train.build import build_trainer
-from .train.calibrate import bake_scale, load_adapter_weights, sweep_scales
+from .train.calibrate import bake_scale, calibrate_scale, load_adapter_weights
 from .train.callbacks import MetricsRecorder, is_main_process
-from .train.checkpoints import checkpoint_step, last_complete, remove_incomplete
-from .train.dataset import PackedCollator, PackedDataset, build_dataset
-from .train.regularizers import Regularizers, estimate_fisher
+from .train.checkpoints import copy_checkpoint, find_resume_point
+from .train.dataset import PackedDataset, build_dataset
+from .train.regularizers import build_regularizers
 
 STEPS = ("data", "model", "base reference", "train", "select", "export", "report")
 
@@ -278,11 +277,11 @@ def train(
     device: str, extension: Any, resume: bool, console: Console,
 ) -> Trained:  # fmt: skip
     """Step 0 (the base), then the Trainer with both suites and the budget at every checkpoint."""
-    regs = build_regularizers(cfg, model, dataset, tok)
+    regs = build_regularizers(cfg.train, model, dataset, tok)
     with console.status("scoring the base on the general suites"):
         judge = BudgetJudge(cfg.budget, evaluator.ensure_base_scores(model))
     recorder = MetricsRecorder(cfg.run_dir / A.METRICS, cfg.run_dir / A.TENSORBOARD_DIR)
-    resume_from = find_resume_point(cfg, recorder, console) if resume else None
+    resume_from = find_resume_point(cfg.run_dir / A.CHECKPOINTS_DIR, recorder, console) if resume else None
     if not any(h["step"] == 0 for h in recorder.read()):
         recorder.record_eval(evaluate_base(model, evaluator, judge, console))
     stopper = BudgetStopCallback(cfg.train.patience)
@@ -316,61 +315,6 @@ def evaluate_base(model: torch.nn.Module, evaluator: Evaluator, judge: BudgetJud
     return judge.judged(ev)
 
 
-def build_regularizers(cfg: RunConfig, model: torch.nn.Module, dataset: PackedDataset, tok: Any) -> Regularizers:
-    """The configured regularizers; EWC's Fisher is estimated here on the replay rows."""
-    t = cfg.train
-    replay_rows = [r for r in dataset.rows if r.replay]
-    if (t.kl_to_base or t.ewc) and not replay_rows:
-        if t.replay_ratio <= 0:
-            raise ForgetlessError("train.kl_to_base and train.ewc need replay data: set train.replay_ratio > 0 (and optionally data.replay)")
-        raise ForgetlessError("the replay data has no usable rows (every answer is empty): check data.replay or the model's replay answers")
-    fisher = None
-    if t.ewc:
-        collate = PackedCollator(pad_id=tok.pad_token_id or 0)
-        dev = next(model.parameters()).device
-        batches = (
-            {k: v.to(dev) for k, v in collate([PackedDataset(replay_rows)[j] for j in range(i, min(i + t.batch_size, len(replay_rows)))]).items()}
-            for i in range(0, len(replay_rows), t.batch_size)
-        )
-        fisher = estimate_fisher(model, batches, max_batches=t.ewc_batches)
-    return Regularizers(model, kl_to_base=t.kl_to_base, l2sp=t.l2sp, ewc=t.ewc, fisher=fisher)
-
-
-def find_resume_point(cfg: RunConfig, recorder: MetricsRecorder, console: Console) -> str | None:
-    """The newest complete checkpoint (half-written ones are deleted); metrics after it are dropped."""
-    ckpt_dir = cfg.run_dir / A.CHECKPOINTS_DIR
-    for p in remove_incomplete(ckpt_dir):
-        console.print(f"  removed incomplete {p.name}")
-    last = last_complete(ckpt_dir)
-    recorder.truncate_after(checkpoint_step(last) or 0 if last else 0)
-    if last is None:
-        return None
-    console.print(f"  resuming from {last.name}")
-    return str(last)
-
-
-def calibrate_scale(
-    cfg: RunConfig, model: torch.nn.Module, evaluator: Evaluator, judge: BudgetJudge, history: list[dict[str, Any]], console: Console
-) -> list[dict[str, Any]]:
-    """Sweep adapter scales on the checkpoint with the best domain score (LoRA only), each point judged by the budget."""
-    from .budget import domain_score, primary_metric
-
-    trained = [h for h in history if h["step"] > 0]
-    if not cfg.train.scale_sweep or not trained or not is_peft(model) or cfg.lora.use_dora:
-        return []  # DoRA's magnitude vector makes output scaling non-linear in the weights: no sweep
-    metric = primary_metric(history)
-    best = max(trained, key=lambda h: domain_score(h, metric))
-    load_adapter_weights(model, cfg.run_dir / A.CHECKPOINTS_DIR / f"checkpoint-{best['step']}")
-    console.print(f"  adapter scale: sweeping {cfg.train.scale_sweep} on step {best['step']}")
-
-    def evaluate(scale: float) -> dict[str, Any]:
-        with console.status(f"evaluating scale {scale}"):
-            return judge.judged(evaluator.evaluate(model, step=best["step"]))
-
-    curve = sweep_scales(model, [s for s in cfg.train.scale_sweep if s != 1.0], evaluate)
-    return curve + [{**best, "scale": 1.0}]
-
-
 def export_selection(cfg: RunConfig, model: torch.nn.Module, tok: Any, sel: Selection, extension: Any, console: Console) -> Path | None:
     """Copy the selected checkpoint into adapter/ (model/ for full fine-tuning) at its chosen scale;
     with domain tokens, also the extended base + plain adapter and a merged model. None: base kept."""
@@ -388,21 +332,6 @@ def export_selection(cfg: RunConfig, model: torch.nn.Module, tok: Any, sel: Sele
         with console.status("exporting extended base + plain adapter, and a merged model"):
             export_extended(model, tok, cfg.run_dir / A.TOKENS_DIR / A.TOKENS_EXPORT_DIR, extra_info={"step": sel.step, "scale_note": "exports use adapter scale 1.0"})
     return dest
-
-
-def copy_checkpoint(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:
-    """Copy a checkpoint's weights into ``dest``, atomically."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    wanted = ("config.json", "generation_config.json", "model.safetensors") if full else ("adapter_config.json", "adapter_model.safetensors")
-    for name in wanted:
-        if (checkpoint / name).exists():
-            shutil.copy2(checkpoint / name, tmp / name)
-    if full:
-        tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
 
 
 def calibrate_serving_router(cfg: RunConfig, model: torch.nn.Module, tok: Any, examples: list[Example], run_dir: Path, console: Console) -> dict[str, Any] | None:

@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
 from ..adapter import adapter_off, is_peft
+from ..errors import ForgetlessError
+from .config import TrainConfig
+from .dataset import PackedCollator, PackedDataset
 
 
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -191,3 +194,22 @@ def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
         raise ValueError("no general-data batches to estimate the Fisher from")
     mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
     return {k: v / n / (mean / n).clamp_min(1e-30) for k, v in fisher.items()}
+
+
+def build_regularizers(t: TrainConfig, model: torch.nn.Module, dataset: PackedDataset, tok: Any) -> Regularizers:
+    """The configured regularizers; EWC's Fisher is estimated here on the replay rows."""
+    replay_rows = [r for r in dataset.rows if r.replay]
+    if (t.kl_to_base or t.ewc) and not replay_rows:
+        if t.replay_ratio <= 0:
+            raise ForgetlessError("train.kl_to_base and train.ewc need replay data: set train.replay_ratio > 0 (and optionally data.replay)")
+        raise ForgetlessError("the replay data has no usable rows (every answer is empty): check data.replay or the model's replay answers")
+    fisher = None
+    if t.ewc:
+        collate = PackedCollator(pad_id=tok.pad_token_id or 0)
+        dev = next(model.parameters()).device
+        batches = (
+            {k: v.to(dev) for k, v in collate([PackedDataset(replay_rows)[j] for j in range(i, min(i + t.batch_size, len(replay_rows)))]).items()}
+            for i in range(0, len(replay_rows), t.batch_size)
+        )
+        fisher = estimate_fisher(model, batches, max_batches=t.ewc_batches)
+    return Regularizers(model, kl_to_base=t.kl_to_base, l2sp=t.l2sp, ewc=t.ewc, fisher=fisher)
