@@ -37,7 +37,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .deployment import Deployment, EngineSettings
+from .deployment import Deployment, EngineSettings, Target
 from .engine import Event, GenParams, Job, QueueFull
 from .metrics import CLIENT_CLOSED, ServeMetrics, endpoint_label
 from .prompts import EncodedPrompt, encode_chat, encode_text
@@ -67,7 +67,7 @@ class ServeSettings:
         return {f"{p}-auto": "auto", f"{p}-adapter": "adapter", f"{p}-base": "base"}
 
 
-def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, deployment: Deployment | None = None) -> FastAPI:
+def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *, deployment: Deployment | None = None) -> FastAPI:
     """Build the app. ``resolve_target()`` returns the folder to serve; it is called again every
     ``settings.engine.reload_interval_s`` and the model hot-swapped when the answer (or its files) change.
     """

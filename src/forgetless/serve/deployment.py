@@ -1,7 +1,8 @@
 """What is being served, and hot-swapping it when the target changes.
 
 The server is given a callable that returns the folder to serve (a run folder, or whatever a
-registry alias points to now). :class:`Deployment` re-resolves it at most every
+registry alias points to now, with the adapter hash the registry recorded: a folder whose adapter
+no longer matches it is refused, and the last good one keeps serving). :class:`Deployment` re-resolves it at most every
 ``reload_interval_s`` and, when the folder or its files changed:
 
 * same base model: the new adapter is loaded into the running model under a fresh name and the
@@ -66,8 +67,22 @@ class RunSpec:
         return (self.model.name, self.model.dtype, self.model.revision)
 
 
-def read_run(run_dir: Path) -> RunSpec:
-    """Check a run folder and read its base model settings (``model`` section of the resolved config)."""
+Target = Path | tuple[Path, str]  # a run folder, or (run folder, adapter content hash it must have)
+
+
+def read_target(target: Target) -> RunSpec:
+    """:func:`read_run` on what a resolver returned; a pinned hash (a registry alias) is checked."""
+    if isinstance(target, tuple):
+        return read_run(target[0], adapter_sha256=target[1])
+    return read_run(target)
+
+
+def read_run(run_dir: Path, *, adapter_sha256: str | None = None) -> RunSpec:
+    """Check a run folder and read its base model settings (``model`` section of the resolved config).
+
+    ``adapter_sha256``: the content hash the registry recorded for this adapter; files that no
+    longer match it are refused, never served.
+    """
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise ForgetlessError(f"run folder {run_dir} does not exist")
@@ -89,13 +104,18 @@ def read_run(run_dir: Path) -> RunSpec:
     adapter = run_dir / artifacts.ADAPTER_DIR
     if not (adapter / "adapter_config.json").exists():
         raise ForgetlessError(f"{run_dir} has no adapter ({adapter}/adapter_config.json is missing): nothing to serve")
+    if adapter_sha256 is not None:
+        from ..registry.lineage import adapter_hash  # the registry's own definition of the hash
+
+        if adapter_hash(adapter) != adapter_sha256:
+            raise ForgetlessError(f"refusing to serve {adapter}: it changed since it was registered (content hash differs)")
     stamp = []
     for name in _FILES:
         p = run_dir / name
         if p.exists():
             st = p.stat()
             stamp.append((name, st.st_size, st.st_mtime_ns))
-    return RunSpec(run_dir=run_dir, model=model, adapter_dir=adapter, stamp=(str(run_dir), tuple(stamp)))
+    return RunSpec(run_dir=run_dir, model=model, adapter_dir=adapter, stamp=(str(run_dir), tuple(stamp), adapter_sha256))
 
 
 def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings) -> Engine:
@@ -133,9 +153,9 @@ def _swap_adapter(engine: Engine, spec: RunSpec, router: Router | None) -> None:
 class Deployment:
     """The engine serving the current target, re-resolved and hot-swapped as the target changes."""
 
-    def __init__(self, resolve_target: Callable[[], Path], metrics: ServeMetrics, settings: EngineSettings) -> None:
+    def __init__(self, resolve_target: Callable[[], Target], metrics: ServeMetrics, settings: EngineSettings) -> None:
         self.resolve_target, self.metrics, self.settings = resolve_target, metrics, settings
-        self.spec = read_run(resolve_target())
+        self.spec = read_target(resolve_target())
         self.engine = build_engine(self.spec, metrics, settings)
         self.loaded_at = time.time()
         self._checked = time.monotonic()
@@ -154,7 +174,7 @@ class Deployment:
         try:
             self._checked = time.monotonic()
             try:
-                spec = read_run(self.resolve_target())
+                spec = read_target(self.resolve_target())
             except Exception as e:  # noqa: BLE001 - keep serving the last good target
                 log.error("target did not resolve, keeping %s: %s", self.spec.run_dir, e)
                 return False
