@@ -168,7 +168,7 @@ def test_rollback_switches_resolved_model(runs: dict[str, Path], tmp_path: Path)
         resolve_alias("staging", db)
 
 
-@pytest.mark.parametrize("bad", ["../prod", "a/b", "..", "", ".hidden", "x" * 65, "pharma..x", "na me"])
+@pytest.mark.parametrize("bad", ["../prod", "a/b", "..", "", ".hidden", "x" * 65, "pharma..x", "na me", "demo\n", "demo\r\n"])
 def test_bad_names_rejected(bad: str, runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="invalid"):
         validate_name(bad)
@@ -178,6 +178,28 @@ def test_bad_names_rejected(bad: str, runs: dict[str, Path], tmp_path: Path) -> 
     with pytest.raises(InputError):
         resolve_alias(bad, tmp_path / "r.sqlite")
     assert reg.versions() == []
+
+
+def test_alias_and_model_names_never_collide(runs: dict[str, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    demo, _ = reg.register(runs["good"], "demo")
+    other, _ = reg.register(runs["good2"], "other")
+    # An alias named like a model would make `promote demo` / `get("demo")` mean the alias' target.
+    with pytest.raises(InputError, match="a model of that name is registered"):
+        reg.promote(other.ref, "demo")
+    assert reg.aliases() == {} and reg.get("demo").ref == demo.ref
+    reg.promote(other.ref, "prod")
+    with pytest.raises(InputError, match="already an alias"):
+        reg.register(runs["good"], "prod")
+    assert [v.name for v in reg.versions()] == ["demo", "other"]
+
+
+def test_resolve_pinned_gives_the_registered_adapter_hash(runs: dict[str, Path], tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    reg = Registry(db)
+    v, _ = reg.register(runs["good"], "pharma")
+    reg.promote(v.ref, "prod")
+    assert reg.resolve_pinned("prod") == (runs["good"].resolve(), v.adapter_sha256)
 
 
 def test_diff(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from .lineage import RunRecord, adapter_hash, read_run
 
 # A name is one path-safe token: letters, digits, '.', '_', '-', starting with a letter or digit.
 # That alone rejects '../x', 'a/b' and '' -- names end up in file names and URLs elsewhere.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a trailing newline
 
 LINEAGE_FIELDS = ("base_model", "base_sha256", "tokenizer_sha256", "data_sha256", "config_sha256", "code_version", "adapter_sha256")
 
@@ -81,7 +81,7 @@ def default_db_path() -> Path:
 
 def validate_name(name: str, what: str = "name") -> str:
     """Return ``name`` if it is a safe registry name, else raise :class:`InputError` saying why."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InputError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/' or '..')"
         )
@@ -199,6 +199,9 @@ class Registry:
         validate_name(name)
         rec = record if record is not None else read_run(run_dir)
         with self._write() as con:
+            # One namespace for names and aliases: `get("x")` must never have two meanings.
+            if con.execute("SELECT 1 FROM alias_events WHERE alias=? LIMIT 1", (name,)).fetchone():
+                raise InputError(f"invalid name {name!r}: it is already an alias in registry {self.path}; pick another name")
             row = con.execute(
                 "SELECT * FROM versions WHERE name=? AND adapter_sha256=? AND config_sha256=?",
                 (name, rec.adapter_sha256, rec.config_sha256),
@@ -291,6 +294,8 @@ class Registry:
         if adapter_hash(adapter) != v.adapter_sha256:
             raise ForgetlessError(f"refusing to promote {v.ref}: {adapter} changed since it was registered (content hash differs)")
         with self._write() as con:
+            if con.execute("SELECT 1 FROM versions WHERE name=? LIMIT 1", (alias,)).fetchone():
+                raise InputError(f"invalid alias {alias!r}: a model of that name is registered in {self.path}; pick another alias")
             stack = self._stack(con, alias)
             if stack and stack[-1] == v.id:
                 return v  # already there: promoting again would only bury the rollback target
@@ -325,6 +330,20 @@ class Registry:
             raise ForgetlessError(f"alias '{alias}' is not set in registry {self.path}; promote a version first")
         return Path(rows[0]["run_dir"])
 
+    def resolve_pinned(self, alias: str) -> tuple[Path, str]:
+        """The run folder an alias points at now and the adapter content hash recorded at registration.
+
+        A server loading that folder checks the hash, so files changed after registration are
+        never served under the alias.
+        """
+        validate_name(alias, "alias")
+        rows = self._read(
+            "SELECT v.run_dir, v.adapter_sha256 FROM aliases a JOIN versions v ON v.id=a.version_id WHERE a.alias=?", (alias,)
+        )
+        if not rows:
+            raise ForgetlessError(f"alias '{alias}' is not set in registry {self.path}; promote a version first")
+        return Path(rows[0]["run_dir"]), rows[0]["adapter_sha256"]
+
     # --- comparison -----------------------------------------------------------------------------
 
     def diff(self, ref_a: str, ref_b: str) -> dict[str, Any]:
@@ -351,3 +370,8 @@ def resolve_alias(alias: str, db_path: Path | None = None) -> Path:
     without restarting. Raises :class:`ForgetlessError` when the alias is not set.
     """
     return Registry(db_path).resolve(alias)
+
+
+def resolve_alias_pinned(alias: str, db_path: Path | None = None) -> tuple[Path, str]:
+    """As :func:`resolve_alias`, plus the adapter content hash the registry recorded for that version."""
+    return Registry(db_path).resolve_pinned(alias)

@@ -15,18 +15,18 @@ from ..errors import ForgetlessError
 API_KEY_ENV = "FORGETLESS_API_KEY"
 
 
-def target_resolver(target: str) -> Callable[[], Path]:
-    """``registry:ALIAS`` -> re-resolved through the registry on every call; anything else -> that folder."""
+def target_resolver(target: str) -> Callable[[], Path | tuple[Path, str]]:
+    """``registry:ALIAS`` -> (folder, adapter hash) re-resolved through the registry on every call; anything else -> that folder."""
     if target.startswith("registry:"):
         alias = target.removeprefix("registry:")
         if not alias:
             raise ForgetlessError("registry target needs an alias: registry:ALIAS")
         try:
-            from ..registry import resolve_alias
+            from ..registry import resolve_alias_pinned
         except ImportError:
-            raise ForgetlessError("this install has no model registry (forgetless.registry.resolve_alias)") from None
-        resolve_alias(alias)  # fail now, with the registry's own message, if the alias is unknown
-        return lambda: Path(resolve_alias(alias))
+            raise ForgetlessError("this install has no model registry (forgetless.registry.resolve_alias_pinned)") from None
+        resolve_alias_pinned(alias)  # fail now, with the registry's own message, if the alias is unknown
+        return lambda: resolve_alias_pinned(alias)
     path = Path(target).expanduser().resolve()
     return lambda: path
 

@@ -1,7 +1,8 @@
 """What is being served, and hot-swapping it when the target changes.
 
 The server is given a callable that returns the folder to serve (a run folder, or whatever a
-registry alias points to now). :class:`Deployment` re-resolves it at most every
+registry alias points to now, with the adapter hash the registry recorded: a folder whose adapter
+no longer matches it is refused, and the last good one keeps serving). :class:`Deployment` re-resolves it at most every
 ``reload_interval_s`` and, when the folder or its files changed:
 
 * same base model: the new adapter is loaded into the running model under a fresh name and the
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ForgetlessError
 from ..models import load_model, load_tokenizer
 from ..runfolder import RunFolder, read_run_folder
 from .engine import Engine
@@ -67,11 +69,30 @@ class RunSpec:
         return (m.name, m.dtype, m.revision)
 
 
-def read_spec(run_dir: Path) -> RunSpec:
-    """Open a run folder to serve: its resolved config (through the one run-folder reader) and adapter."""
+Target = Path | tuple[Path, str]  # a run folder, or (run folder, adapter content hash it must have)
+
+
+def read_target(target: Target) -> RunSpec:
+    """:func:`read_spec` on what a resolver returned; a pinned hash (a registry alias) is checked."""
+    if isinstance(target, tuple):
+        return read_spec(target[0], adapter_sha256=target[1])
+    return read_spec(target)
+
+
+def read_spec(run_dir: Path, *, adapter_sha256: str | None = None) -> RunSpec:
+    """Open a run folder to serve: its resolved config (through the one run-folder reader) and adapter.
+
+    ``adapter_sha256``: the content hash the registry recorded for this adapter; files that no
+    longer match it are refused, never served.
+    """
     run = read_run_folder(run_dir)
-    run.require_adapter()
-    return RunSpec(run, run.stamp())
+    adapter = run.require_adapter()
+    if adapter_sha256 is not None:
+        from ..registry.lineage import adapter_hash  # the registry's own definition of the hash
+
+        if adapter_hash(adapter) != adapter_sha256:
+            raise ForgetlessError(f"refusing to serve {adapter}: it changed since it was registered (content hash differs)")
+    return RunSpec(run, (*run.stamp(), adapter_sha256))
 
 
 def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings) -> Engine:
@@ -104,9 +125,9 @@ def _swap_adapter(engine: Engine, spec: RunSpec, router: Router | None) -> None:
 class Deployment:
     """The engine serving the current target, re-resolved and hot-swapped as the target changes."""
 
-    def __init__(self, resolve_target: Callable[[], Path], metrics: ServeMetrics, settings: EngineSettings) -> None:
+    def __init__(self, resolve_target: Callable[[], Target], metrics: ServeMetrics, settings: EngineSettings) -> None:
         self.resolve_target, self.metrics, self.settings = resolve_target, metrics, settings
-        self.spec = read_spec(resolve_target())
+        self.spec = read_target(resolve_target())
         self.engine = build_engine(self.spec, metrics, settings)
         self.loaded_at = time.time()
         self._checked = time.monotonic()
@@ -125,7 +146,7 @@ class Deployment:
         try:
             self._checked = time.monotonic()
             try:
-                spec = read_spec(self.resolve_target())
+                spec = read_target(self.resolve_target())
             except Exception as e:  # noqa: BLE001 - keep serving the last good target
                 log.error("target did not resolve, keeping %s: %s", self.spec.run_dir, e)
                 return False
