@@ -100,3 +100,18 @@ def test_one_bad_row_fails_only_its_own_request(engine):
 def test_tiny_temperature_samples_the_top_token(engine):
     greedy = text_of(run(engine, "base", "hello world"))
     assert text_of(run(engine, "base", "hello world", temperature=1e-300, seed=1)) == greedy
+
+
+def test_a_request_whose_stream_breaks_does_not_fail_the_others(engine):
+    def broken(ev: Event) -> None:
+        raise RuntimeError("client stream gone")
+
+    good: queue.Queue[Event] = queue.Queue()
+    engine.submit(Job(prompt=encode_chat(engine.tok, [{"role": "user", "content": "hi"}]), want="adapter",
+                      params=GenParams(max_tokens=4), deliver=broken))  # fmt: skip
+    engine.submit(Job(prompt=encode_chat(engine.tok, [{"role": "user", "content": "cat dog"}]), want="adapter",
+                      params=GenParams(max_tokens=4), deliver=good.put))  # fmt: skip
+    out = [good.get(timeout=30)]
+    while out[-1].kind not in ("done", "error"):
+        out.append(good.get(timeout=30))
+    assert out[-1].kind == "done" and text_of(out) == text_of(run(engine, "adapter", "cat dog", max_tokens=4))

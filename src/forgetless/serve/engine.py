@@ -268,7 +268,10 @@ class Engine:
                 except Exception as e:  # noqa: BLE001 - one row's bad settings fail that request only, not its batch
                     log.exception("request failed while sampling or streaming its token")
                     if not job.finished:
-                        self._fail(job, f"generation failed: {type(e).__name__}")
+                        try:
+                            self._fail(job, f"generation failed: {type(e).__name__}")
+                        except Exception:  # noqa: BLE001 - its stream is what broke: nothing left to tell it
+                            job.finished = True
                     continue
                 if goes_on:
                     keep.append(r)
