@@ -91,3 +91,14 @@ def test_comparison_table_fits_80_columns() -> None:
         assert word in text, word
     kept = {"forgetless": {"base": base, "selected": None, "verdict": "z"}}
     assert "base kept" in _render(demo.comparison_table(kept))
+
+
+def test_comparison_picture_is_written(tmp_path: Path) -> None:
+    base = HISTORY[0]
+    summaries = {
+        "plain LoRA": {"base": base, "selected": {"step": 92, "scale": 1.0, "metrics": HISTORY[1]}},
+        "forgetless": {"base": base, "selected": None},
+    }
+    path = tmp_path / A.DEMO_COMPARISON_PNG
+    demo.plot_comparison(summaries, {"plain LoRA": HISTORY, "forgetless": HISTORY[:1]}, path, budget_kl=demo.BUDGET_KL)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
