@@ -73,7 +73,7 @@ def test_sft_trainer_logs_both_suites_and_writes_the_run_files(tiny_run: Path, t
     assert [h["step"] for h in evals] == [0, 2, 4]
     assert evals[0]["eval_general/kl"] == pytest.approx(0.0, abs=1e-6)  # step 0 is the base
     assert all(h["eval_general/kl"] > 0 for h in evals[1:])
-    for key in ("eval_domain/qa_f1", "eval_domain/mc_acc", "eval_general/knowledge_mc", "eval_budget/inside"):
+    for key in ("eval_domain/qa_f1", "eval_domain/mc_acc", "eval_general/knowledge_mc", "eval_budget/outside"):
         assert key in evals[-1], key
     # The KL term ran on replay rows and is logged beside the loss.
     assert any(h.get("reg/kl_to_base", 0) > 0 for h in trainer.state.log_history)
@@ -81,6 +81,8 @@ def test_sft_trainer_logs_both_suites_and_writes_the_run_files(tiny_run: Path, t
     assert [h["step"] for h in lines] == [0, 2, 4]
     for h, e in zip(lines, evals):
         assert h["general/kl"] == pytest.approx(e["eval_general/kl"])
+    # forgetless.budget.judge's verdict on every line, the base's included.
+    assert [(h["budget/state"], h["budget/outside"], h["budget/violations"]) for h in lines] == [("inside", 0.0, [])] * 3
     summary = json.loads((out / A.SUMMARY).read_text())
     assert summary["selected"]["step"] in (2, 4) and "inside the budget" in summary["verdict"]
     assert (out / A.CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / A.REPORT_MD).exists()
@@ -188,7 +190,7 @@ def test_same_metrics_as_forgetless_run(tiny_run: Path, kind: str) -> None:
         for k, v in hp.items():
             if isinstance(v, float) and not k.startswith("time/") and math.isfinite(v):
                 assert hu[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (hp["step"], k)
-        assert hu["budget/inside"] == hp["budget/inside"]
+        assert (hu["budget/state"], hu["budget/outside"], hu["budget/violations"]) == (hp["budget/state"], hp["budget/outside"], hp["budget/violations"])
     assert any(h.get("reg/kl_to_base", 0) > 0 for h in trainer.state.log_history)
     logged = [h for h in trainer.state.log_history if "eval_general/kl" in h]
     assert [(h["step"], h["eval_general/kl"]) for h in logged] == [(h["step"], h["general/kl"]) for h in user]
@@ -264,7 +266,7 @@ def test_plain_trainer_evaluation_steps_reach_its_tensorboard(tiny_run: Path, ti
     # Evaluations at 2 and 4 are both outside a 1e-9 budget: patience 2 stops at step 4.
     assert trainer.state.global_step == 4
     ours = [h for h in trainer.state.log_history if "eval_general/kl" in h]
-    assert [h["step"] for h in ours] == [0, 2, 4] and [h["eval_budget/inside"] for h in ours] == [1.0, 0.0, 0.0]
+    assert [h["step"] for h in ours] == [0, 2, 4] and [h["eval_budget/outside"] for h in ours] == [0.0, 1.0, 1.0]
     assert [h["step"] for h in trainer.state.log_history if "eval_loss" in h] == [2, 4]  # the trainer's own evaluation still runs
     assert [h["step"] for h in _lines(out / A.METRICS)] == [0, 2, 4]
     acc = EventAccumulator(str(out / "tb")).Reload()

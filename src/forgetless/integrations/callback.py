@@ -25,28 +25,24 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .. import artifacts as A
-from ..evaluate.config import BudgetConfig, EvalConfig
-from ..evaluate.runner import Evaluator, eval_timing, is_noop_adapter
-from ..evaluate.stats import Score
+from ..adapter import adapter_off, is_peft
+from ..budget import BudgetConfig
+from ..evaluate.config import EvalConfig
+from ..evaluate.runner import Evaluation, Evaluator, eval_timing, is_noop_adapter
 from ..io import atomic_write_json
 from ..report import plot_curves, write_report
-from ..train.budget import BudgetJudge, BudgetStopCallback
+from ..train.budget import BudgetJudge, BudgetStopCallback, Selection, select
 from ..train.callbacks import EvalScheduleCallback, MetricsRecorder
-from ..train.select import Selection, select_checkpoint
 
 
-def judge_budget(judge: BudgetJudge | None, metrics: dict[str, Any], scores: dict[str, Score]) -> list[str]:
-    """Judge one evaluation against the budget and store the outcome in ``metrics``.
+def judge_budget(judge: BudgetJudge | None, ev: Evaluation) -> dict[str, Any]:
+    """One fresh evaluation's metrics line with the budget's verdict added.
 
-    The one place forgetless asks the budget for a verdict on a fresh evaluation (the training
-    loop and the adapter-scale sweep both come here). Without a judge nothing is stored.
+    The verdict is :func:`forgetless.budget.judge`'s (through :meth:`BudgetJudge.judged`):
+    ``budget/state`` (inside, outside or unset), ``budget/outside`` and ``budget/violations``.
+    Without a judge the line is returned as measured.
     """
-    if judge is None:
-        return []
-    violations = judge.violations(metrics, scores)
-    metrics["budget/violations"] = violations
-    metrics["budget/inside"] = float(not violations)
-    return violations
+    return judge.judged(ev) if judge is not None else dict(ev.metrics)
 
 
 def base_weights_fingerprint(model: torch.nn.Module) -> str:
@@ -181,17 +177,16 @@ class ForgetlessCallback(TrainerCallback):
             if tok is None:
                 raise ValueError("ForgetlessCallback needs the tokenizer: pass processing_class= to the trainer")
             e = self.eval_cfg
-            is_peft = hasattr(model, "disable_adapter")
-            if not is_peft and self.base_fingerprint is None and self.trainer is not None and self.trainer.state.global_step > 0:
+            peft = is_peft(model)
+            if not peft and self.base_fingerprint is None and self.trainer is not None and self.trainer.state.global_step > 0:
                 raise ValueError("resuming full fine-tuning: the weights are no longer the base; pass base_fingerprint= of the first run")
             base_fp = self.base_fingerprint or base_weights_fingerprint(model)
             tok_fp = tokenizer_fingerprint(tok)
             precision = resolve_precision(e.precision, device)
             prompts = load_general_prompts(e.general_prompts, e.general_limit)
-            ctx = model.disable_adapter() if is_peft else contextlib.nullcontext()
             was = model.training
             model.eval()
-            with ctx:
+            with adapter_off(model):
                 ref, _, _ = cached_reference(
                     model, tok, prompts, base_fingerprint=base_fp, tokenizer_fingerprint=tok_fp, max_new_tokens=e.general_max_new_tokens,
                     topk=e.kl_topk, batch_size=e.batch_size, system_prompt=self.system_prompt, precision=precision,
@@ -212,17 +207,18 @@ class ForgetlessCallback(TrainerCallback):
         return not any(h["step"] == 0 for h in self.recorder.read())
 
     def evaluate_base(self, model: torch.nn.Module) -> tuple[dict[str, Any], bool]:
-        """Step 0: the base model, recorded. Returns ``(metrics, read_from_cache)``.
+        """Step 0: the base model, judged like every checkpoint and recorded. Returns
+        ``(metrics, read_from_cache)``.
 
         A fresh LoRA is an exact no-op, so step 0 is the base: scored once per base, data and
         settings, then read from the user cache (KL is 0 by construction).
         """
         assert self.evaluator is not None and self.recorder is not None
         if is_noop_adapter(model):
-            metrics, cached = self.evaluator.evaluate_base(model)
+            ev, cached = self.evaluator.evaluate_base(model)
         else:
-            metrics, cached = self.evaluator.evaluate(model, step=0), False
-        metrics["budget/violations"], metrics["budget/inside"] = [], 1.0  # the base is inside by definition
+            ev, cached = self.evaluator.evaluate(model, step=0), False
+        metrics = judge_budget(self.judge, ev)
         self.recorder.record_eval(metrics)
         self._log(metrics)
         return metrics, cached
@@ -273,8 +269,8 @@ class ForgetlessCallback(TrainerCallback):
         assert self.evaluator is not None and self.recorder is not None, "ForgetlessCallback: on_train_begin did not run"
         model = model if model is not None else self.trainer.model  # type: ignore[union-attr]
         with own_precision(model):
-            metrics = self.evaluator.evaluate(model, step=state.global_step)
-        judge_budget(self.judge, metrics, self.evaluator.last_scores)
+            ev = self.evaluator.evaluate(model, step=state.global_step)
+        metrics = judge_budget(self.judge, ev)
         if state.is_world_process_zero:
             self.recorder.record_eval(metrics)
         self._evaluated_step = state.global_step
@@ -283,7 +279,7 @@ class ForgetlessCallback(TrainerCallback):
             merge_into.update(logged)  # visible to later callbacks and metric_for_best_model
         self.stopper.on_evaluate(None, state, control, metrics=metrics)  # type: ignore[arg-type]
         if state.is_world_process_zero:
-            self.selection = select_checkpoint(self.recorder.read(), self.budget)
+            self.selection = select(self.recorder.read(), self.budget)
         return control
 
     def _log(self, metrics: dict[str, Any]) -> dict[str, float]:
@@ -300,11 +296,15 @@ class ForgetlessCallback(TrainerCallback):
         assert self.recorder is not None
         run_dir = self.recorder.metrics_path.parent
         history = sorted(self.recorder.read(), key=lambda h: h["step"])
-        sel = select_checkpoint(history, self.budget)
+        sel = select(history, self.budget)
+        self.selection = sel
         ckpt = Path(args.output_dir) / f"checkpoint-{sel.step}" if args is not None and sel.step is not None else None
+        selected = sel.as_summary()
+        if selected is not None:
+            selected["checkpoint"] = str(ckpt) if ckpt is not None and ckpt.exists() else None
         summary = {
             "verdict": sel.verdict,
-            "selected": {"step": sel.step, "metric": sel.metric, "score": sel.score, "checkpoint": str(ckpt) if ckpt is not None and ckpt.exists() else None} if sel.step is not None else None,
+            "selected": selected,
             "early_stop_step": self.stopper.stopped_at,
             "base": history[0] if history else None,
             "final": history[-1] if history else None,
@@ -313,6 +313,6 @@ class ForgetlessCallback(TrainerCallback):
         }  # fmt: skip
         atomic_write_json(run_dir / A.SUMMARY, summary)
         plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=self.budget.general_kl)
-        write_report(run_dir / A.REPORT_MD, title=f"forgetless evaluation: {run_dir.name}", history=history, summary=summary)
+        write_report(run_dir / A.REPORT_MD, title=f"forgetless evaluation: {run_dir.name}", history=history, summary=summary, budget=self.budget)
         return summary
 

@@ -6,9 +6,9 @@ The draw is forgetless' own (:func:`forgetless.train.dataset.draw_replay`): repl
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
+from ..adapter import adapter_off
 from ..train.dataset import draw_replay
 from .loss import REPLAY
 
@@ -57,7 +57,7 @@ def base_replay(model: Any, tokenizer: Any, *, n: int | None = None, max_new_tok
     from .callback import base_weights_fingerprint
 
     key = base_fingerprint or base_weights_fingerprint(model)
-    with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
+    with adapter_off(model):
         recs = self_generated_replay(model, tokenizer, n=n or len(load_prompts()), max_new_tokens=max_new_tokens, cache_key=key)
     return Dataset.from_list([{"messages": r["messages"]} for r in recs])
 
