@@ -86,5 +86,5 @@ def test_report_section_is_appended_once(run):
     assert text.startswith("# a run\n\nverdict\n")
     assert text.count("## Served system") == 1
     assert "| neighbour/legal |" in text and "| general/kl |" in text
-    assert json.loads((run / artifacts.SERVED_JSON).read_text())["router"]["method"] == "mahalanobis"
+    assert json.loads((run / artifacts.SERVED_JSON).read_text())["router"]["method"] == "mahalanobis_tokens"
     assert "served" in served_markdown(json.loads((run / artifacts.SERVED_JSON).read_text()))

@@ -237,3 +237,21 @@ def add_served_section(run_dir: Path, *, console: Any = None, rep: dict[str, Any
         text = (text[:cut] if cut >= 0 else text.rstrip("\n") + "\n\n") + served_markdown(rep)
         atomic_write_bytes(report, text.encode("utf-8"))
     return rep
+
+
+def served_cli(run_dir: Path, *, out: Path | None, batch_size: int, as_json: bool) -> None:
+    """``forgetless eval --served RUN``: print the served-system table (or JSON); write served.json into ``out``."""
+    import json
+
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    err = Console(stderr=True)
+    rep = evaluate_served(run_dir, batch_size=batch_size, console=err)
+    if out is not None:
+        atomic_write_json(Path(out) / artifacts.SERVED_JSON, rep)
+        err.print(f"wrote {Path(out) / artifacts.SERVED_JSON}")
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+    else:
+        Console().print(Markdown(served_markdown(rep)))
