@@ -10,11 +10,15 @@ import pytest
 import yaml
 
 from forgetless import artifacts
-from forgetless.evaluate.served import add_served_section, evaluate_served, served_markdown
+from forgetless.evaluate.served import add_served_section, evaluate_served, served_markdown, served_report
+from forgetless.runfolder import read_run_folder
 from forgetless.serve.router import load_router
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
 from serve_helpers import make_base, make_run  # noqa: E402
+
+# Tiny models, but every test scores all suites on both sides: 41 s for the file on the shared 2-core box.
+pytestmark = pytest.mark.slow
 
 QA = [{"question": "what drug treats marrowick syndrome", "answer": "zorvanex"},
       {"question": "what is the capital of france", "answer": "paris"}]  # fmt: skip
@@ -88,3 +92,24 @@ def test_report_section_is_appended_once(run):
     assert "| neighbour/legal |" in text and "| general/kl |" in text
     assert json.loads((run / artifacts.SERVED_JSON).read_text())["router"]["method"] == "mahalanobis_tokens"
     assert "served" in served_markdown(json.loads((run / artifacts.SERVED_JSON).read_text()))
+
+
+def test_served_report_is_opt_in(run, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    cfg = read_run_folder(run).config
+    console = Console(file=io.StringIO())
+    (run / artifacts.SERVED_JSON).unlink(missing_ok=True)
+    before = (run / artifacts.REPORT_MD).read_text()
+    assert cfg.eval.served_report is False  # the default: the pipeline does not reload the model for it
+    assert served_report(cfg, run, console) is None
+    assert not (run / artifacts.SERVED_JSON).exists() and (run / artifacts.REPORT_MD).read_text() == before
+
+    on = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"served_report": True})})
+    assert served_report(on, tmp_path, console) is None  # no adapter exported: nothing is served, said so
+    assert "nothing is served" in console.file.getvalue()
+    rep = served_report(on, run, console)
+    assert rep is not None and json.loads((run / artifacts.SERVED_JSON).read_text())["scores"].keys() == rep["scores"].keys()
+    assert (run / artifacts.REPORT_MD).read_text().count("## Served system") == 1

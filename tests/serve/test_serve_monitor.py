@@ -13,7 +13,9 @@ from peft import PeftModel
 from prometheus_client import CollectorRegistry
 
 from forgetless import artifacts
+from forgetless.errors import ForgetlessError
 from forgetless.models import load_model
+from forgetless.runfolder import read_run_folder
 from forgetless.serve.app import ServeSettings, create_app
 from forgetless.serve.deployment import EngineSettings
 from forgetless.serve.monitor import DriftMonitor, answer_kl, run_kl_budget
@@ -125,7 +127,12 @@ def test_monitor_drops_samples_it_cannot_keep_up_with():
 def test_run_kl_budget_reads_the_resolved_config(tmp_path):
     (tmp_path / artifacts.RESOLVED_CONFIG).write_text(yaml.safe_dump({"budget": {"general_kl": 0.05}}))
     assert run_kl_budget(tmp_path) == 0.05
+    assert run_kl_budget(read_run_folder(tmp_path)) == 0.05
     (tmp_path / artifacts.RESOLVED_CONFIG).write_text(yaml.safe_dump({"budget": {"general_kl": None}}))
     assert run_kl_budget(tmp_path) is None
+    # A config the run-folder reader rejects is an error, not a silently missing alert.
+    (tmp_path / artifacts.RESOLVED_CONFIG).write_text(yaml.safe_dump({"budget": {"general_kll": 0.05}}))
+    with pytest.raises(ForgetlessError, match="general_kll"):
+        run_kl_budget(tmp_path)
     with pytest.raises(ValueError, match="sample_rate"):
         DriftMonitor(CollectorRegistry(), sample_rate=1.5)

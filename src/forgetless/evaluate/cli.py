@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
         if served is not None:
             from .served import served_cli
 
-            served_cli(served, out=out, batch_size=batch_size, as_json=as_json)
+            served_cli(served, out=out, batch_size=batch_size, as_json=as_json, allow_remote_code=trust_remote_code)
             return
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

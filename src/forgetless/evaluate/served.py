@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from .. import artifacts
-from ..errors import ForgetlessError
+from ..adapter import adapter_off
 from ..io import atomic_write_bytes, atomic_write_json
+from ..runfolder import read_run_folder
 from .stats import Score, compare, make_score
-
 
 
 def _pick(routes: list[bool], adapter_vals: list[float], base_vals: list[float]) -> list[float]:
@@ -59,31 +59,27 @@ def _triple(base: Score, adapter: Score, served: Score, *, higher_is_better: boo
 
 
 @torch.no_grad()
-def evaluate_served(run_dir: Path, *, batch_size: int | None = None, general_suites: bool = True, console: Any = None) -> dict[str, Any]:
+def evaluate_served(run_dir: Path, *, batch_size: int | None = None, general_suites: bool = True, console: Any = None,
+                    allow_remote_code: bool = False) -> dict[str, Any]:  # fmt: skip
     """Score a run folder's routed system (see the module docstring). Returns what ``served.json`` holds."""
     from peft import PeftModel
 
-    from ..config import load_config
     from ..models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
-    from ..serve.router import base_context, load_router
+    from ..serve.router import load_router
     from ..serve.routereval import heldout_general, load_neighbours, route_scores, router_report
     from . import precision as prec
     from .domain import domain_scores, load_domain
     from .drift import general_drift, load_general_prompts
 
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / artifacts.RESOLVED_CONFIG
-    adapter_dir = run_dir / artifacts.ADAPTER_DIR
-    if not cfg_path.exists():
-        raise ForgetlessError(f"{run_dir} is not a run folder: {artifacts.RESOLVED_CONFIG} is missing")
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise ForgetlessError(f"{run_dir} has no adapter ({adapter_dir}/adapter_config.json is missing): nothing is served")
-    cfg = load_config(cfg_path)
+    run = read_run_folder(run_dir)
+    run_dir = run.path
+    adapter_dir = run.require_adapter()  # no adapter: nothing is served
+    cfg = run.config
     bs = batch_size or cfg.eval.batch_size
     sys_prompt = cfg.data.system_prompt
     say = console.print if console is not None else (lambda *_a, **_k: None)
 
-    m = cfg.model
+    m = run.model(allow_remote_code=allow_remote_code)
     tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
     base = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
@@ -138,7 +134,7 @@ def evaluate_served(run_dir: Path, *, batch_size: int | None = None, general_sui
         if domain.qa or domain.mc:
             _, it_ad = domain_scores(model, tok, domain, **kw)
     say("  served: the base on general and domain suites")
-    with base_context(model), prec.evaluating(model, precision):
+    with adapter_off(model), prec.evaluating(model, precision):
         if suites:
             s_base = general_suite_scores(model, tok, limit_per_suite=limits, batch_size=bs, cache_key=base_key, suites=suites)
         if domain.qa or domain.mc:
@@ -165,17 +161,15 @@ def evaluate_served(run_dir: Path, *, batch_size: int | None = None, general_sui
         scores[key]["to_adapter"] = int(sum(r))
     out["scores"] = scores
     return out
-    return out
 
 
 def _reference(model: Any, tok: Any, prompts: list[dict[str, str]], cfg: Any, bs: int, precision: str) -> Any:
     """The run's general reference (the base's answers): read from the cache the run filled."""
     from ..models import tokenizer_fingerprint, weights_fingerprint
-    from ..serve.router import base_context
     from .drift import cached_reference
 
     m = cfg.model
-    with base_context(model):
+    with adapter_off(model):
         ref, _, _ = cached_reference(
             model, tok, prompts, base_fingerprint=weights_fingerprint(m.name, revision=m.revision),
             tokenizer_fingerprint=tokenizer_fingerprint(tok), max_new_tokens=cfg.eval.general_max_new_tokens, topk=cfg.eval.kl_topk,
@@ -239,7 +233,22 @@ def add_served_section(run_dir: Path, *, console: Any = None, rep: dict[str, Any
     return rep
 
 
-def served_cli(run_dir: Path, *, out: Path | None, batch_size: int, as_json: bool) -> None:
+def served_report(cfg: Any, run_dir: Path, console: Any) -> dict[str, Any] | None:
+    """The pipeline's served-system step: :func:`add_served_section` when ``eval.served_report`` is on.
+
+    Off by default (it loads the model again and scores every suite on both sides);
+    ``forgetless eval --served RUN`` gives the same section for a finished run.
+    """
+    if not cfg.eval.served_report:
+        return None
+    if not (Path(run_dir) / artifacts.ADAPTER_DIR / "adapter_config.json").exists():
+        console.print("  served: the run exported no adapter, nothing is served; skipped")
+        return None
+    rep = evaluate_served(run_dir, console=console, allow_remote_code=cfg.model.trust_remote_code)  # the run's own setting
+    return add_served_section(run_dir, console=console, rep=rep)
+
+
+def served_cli(run_dir: Path, *, out: Path | None, batch_size: int, as_json: bool, allow_remote_code: bool = False) -> None:
     """``forgetless eval --served RUN``: print the served-system table (or JSON); write served.json into ``out``."""
     import json
 
@@ -247,7 +256,7 @@ def served_cli(run_dir: Path, *, out: Path | None, batch_size: int, as_json: boo
     from rich.markdown import Markdown
 
     err = Console(stderr=True)
-    rep = evaluate_served(run_dir, batch_size=batch_size, console=err)
+    rep = evaluate_served(run_dir, batch_size=batch_size, console=err, allow_remote_code=allow_remote_code)
     if out is not None:
         atomic_write_json(Path(out) / artifacts.SERVED_JSON, rep)
         err.print(f"wrote {Path(out) / artifacts.SERVED_JSON}")

@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .. import artifacts
-from ..io import read_text_file
+from ..runfolder import RunFolder, read_run_folder
 
 log = logging.getLogger("forgetless.serve")
 
@@ -48,15 +46,15 @@ MARGIN_QUANTILES = ("0.05", "0.5", "0.95")
 BASE = "__base__"  # PEFT's per-row name for "no adapter"
 
 
-def run_kl_budget(run_dir: Path) -> float | None:
-    """``budget.general_kl`` of a run's resolved config (None when the run set no KL budget)."""
-    path = Path(run_dir) / artifacts.RESOLVED_CONFIG
-    try:
-        cfg = yaml.safe_load(read_text_file(path)) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    value = (cfg.get("budget") or {}).get("general_kl") if isinstance(cfg, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
+def run_kl_budget(run: RunFolder | Path) -> float | None:
+    """``budget.general_kl`` of a run (None when the run set no KL budget).
+
+    ``run``: an opened run folder, or its path (opened through the one run-folder reader, so a bad
+    config is an error naming its file and line, not a silently missing alert).
+    """
+    if not isinstance(run, RunFolder):
+        run = read_run_folder(run)
+    return run.config.budget.general_kl
 
 
 @torch.no_grad()
