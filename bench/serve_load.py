@@ -8,6 +8,8 @@ Exits 1 if any request got a 5xx or failed.
 
     .venv/bin/python bench/serve_load.py                      # 1000 requests, concurrency 32
     .venv/bin/python bench/serve_load.py --run runs/pharma    # an existing run folder instead
+    .venv/bin/python bench/serve_load.py --monitor-ab 3 --requests 120   # drift monitor off vs on (default rate),
+                                                              # interleaved rounds: latency overhead
 """
 
 from __future__ import annotations
@@ -98,10 +100,16 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--time-limit", type=float, default=900.0, help="stop sending new requests after this many seconds")
+    ap.add_argument("--monitor-sample-rate", type=float, default=0.03, help="drift monitor sample rate (the server's default)")
+    ap.add_argument("--monitor-ab", type=int, default=0, metavar="ROUNDS",
+                    help="compare the drift monitor off (rate 0) and on (--monitor-sample-rate) over ROUNDS interleaved rounds")
     args = ap.parse_args()
+    if args.monitor_ab:
+        return monitor_ab(args)
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or build_run(Path(tmp) / "run", args.model, n_domain=70, n_general=40)
-        settings = ServeSettings(api_key=KEY, engine=EngineSettings(max_batch=args.concurrency, max_queue=4 * args.concurrency))
+        settings = ServeSettings(api_key=KEY, engine=EngineSettings(max_batch=args.concurrency, max_queue=4 * args.concurrency,
+                                                                    monitor_sample_rate=args.monitor_sample_rate))
         app = create_app(lambda: run, settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
         th = threading.Thread(target=server.run, daemon=True)
@@ -143,6 +151,58 @@ def main() -> int:
     for k, v in rows:
         print(f"| {k:<{w}} | {v} |")
     return 1 if n5xx or len(results) < args.requests else 0
+
+
+def serve_once(run: Path, args: argparse.Namespace, rate: float) -> tuple[list, float, str]:
+    """Start a server on ``run`` with the monitor at ``rate``, send the load, return (results, wall, /metrics)."""
+    settings = ServeSettings(api_key=KEY, engine=EngineSettings(max_batch=args.concurrency, max_queue=4 * args.concurrency,
+                                                                monitor_sample_rate=rate))  # fmt: skip
+    server = uvicorn.Server(uvicorn.Config(create_app(lambda: run, settings), host="127.0.0.1", port=0, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        if not th.is_alive():
+            raise RuntimeError("server failed to start")
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        results, wall = asyncio.run(load(url, args.requests, args.concurrency, args.max_tokens, args.time_limit))
+        metrics = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    finally:
+        server.should_exit = True
+        th.join(30)
+    return results, wall, metrics
+
+
+def monitor_ab(args: argparse.Namespace) -> int:
+    """Latency with the drift monitor off vs on, rounds interleaved (off, on, off, on, ...) so a
+    neighbour process stealing the CPU hits both arms alike; prints per-arm means over rounds."""
+    arms = {"off": 0.0, "on": args.monitor_sample_rate}
+    lat: dict[str, list[float]] = {a: [] for a in arms}
+    wall: dict[str, list[float]] = {a: [] for a in arms}
+    scored = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run or build_run(Path(tmp) / "run", args.model, n_domain=70, n_general=40)
+        for rnd in range(args.monitor_ab):
+            for arm, rate in arms.items():
+                results, w, metrics = serve_once(run, args, rate)
+                ok = [t for c, t, _ in results if c == 200]
+                if len(ok) < len(results):
+                    print(f"round {rnd} {arm}: {len(results) - len(ok)} requests failed")
+                    return 1
+                lat[arm] += ok
+                wall[arm].append(w)
+                if arm == "on":
+                    scored += sum(float(ln.split()[1]) for ln in metrics.splitlines() if ln.startswith('forgetless_drift_samples_total{outcome="scored"}'))
+                print(f"round {rnd} {arm}: mean {1000 * np.mean(ok):.0f} ms, wall {w:.1f} s", file=sys.stderr)
+    m = {a: 1000 * float(np.mean(v)) for a, v in lat.items()}
+    p50 = {a: 1000 * float(np.median(v)) for a, v in lat.items()}
+    print(f"| arm | sample rate | requests | mean latency (ms) | p50 (ms) | wall per round (s) |\n|---|---|---|---|---|---|")
+    for a, rate in arms.items():
+        print(f"| monitor {a} | {rate} | {len(lat[a])} | {m[a]:.0f} | {p50[a]:.0f} | {np.mean(wall[a]):.1f} |")
+    print(f"\nmonitor overhead on mean latency: {100 * (m['on'] / m['off'] - 1):+.1f}%, on p50: {100 * (p50['on'] / p50['off'] - 1):+.1f}%; "
+          f"KL samples scored in the 'on' rounds: {scored:.0f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ CURATE_DIR = "curate"  # curated.jsonl, rejects.jsonl, report.md, report.json
 TOKENS_DIR = "tokens"  # fertility analysis and extended-vocabulary exports
 ROUTER = "router.safetensors"  # out-of-domain router statistics (serve)
 ROUTER_INFO = "router.json"  # router threshold and calibration AUROC
+SERVED_JSON = "served.json"  # the served system (router + adapter + base) scored end to end
 SCALE_CURVE = "scale_curve.json"  # adapter-scale calibration sweep
 # --- `forgetless demo`: one folder holding both arms' run folders --------------------------------
 DEMO_COMPARISON_PNG = "comparison.png"  # both arms' checkpoints: general KL against domain QA recall

@@ -28,6 +28,7 @@ from .evaluate.domain import DomainData, load_domain
 from .evaluate.drift import GeneralReference, cached_reference, load_general_prompts
 from .evaluate.precision import resolve as resolve_precision
 from .evaluate.runner import Evaluator, eval_timing
+from .evaluate.served import served_report
 from .integrations.callback import ForgetlessCallback
 from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
@@ -94,6 +95,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     step("report")
     summary = make_summary(cfg, sel, trained, export_dir, router_info, time.time() - t_start)
     write_reports(cfg, run_dir, trained.history, summary, scale_curve)
+    served_report(cfg, run_dir, console)  # opt-in (eval.served_report): router + adapter + base scored as served
     print_table(console, trained.history, summary)
     console.print(f"run folder: {run_dir} (report.md, report.html, curves.png, adapter/)")
     return summary

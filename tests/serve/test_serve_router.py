@@ -103,7 +103,7 @@ def test_default_layer_is_a_quarter_of_the_depth(model):
 
 
 def test_calibrate_writes_router_files_and_sets_the_threshold_quantile(tok, model, tmp_path):
-    info = calibrate_router(model, tok, DOMAIN, GENERAL, tmp_path, target_domain_to_base=0.25, folds=4)
+    info = calibrate_router(model, tok, DOMAIN, GENERAL, tmp_path, target_domain_to_base=0.25, folds=4, method="mahalanobis")
     saved = json.loads((tmp_path / artifacts.ROUTER_INFO).read_text())
     assert (tmp_path / artifacts.ROUTER).exists()
     assert saved["threshold"] == info["threshold"] and saved["method"] == "mahalanobis" and saved["layer"] == 1

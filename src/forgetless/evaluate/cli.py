@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_cmd(
-        model: Annotated[list[str], typer.Option("--model", "-m", help="Base model: 'smollm2-135m-instruct', a folder or a hub id. Repeat to compare.")],
+        model: Annotated[Optional[list[str]], typer.Option("--model", "-m", help="Base model: 'smollm2-135m-instruct', a folder or a hub id. Repeat to compare.")] = None,
         adapter: Annotated[Optional[list[Path]], typer.Option("--adapter", "-a", help="PEFT adapter folder, applied to the first --model (adds a column). Repeatable.")] = None,
         suites: Annotated[str, typer.Option(help="Comma-separated: general, domain.")] = "general",
         out: Annotated[Optional[Path], typer.Option(help="Folder to write eval.json into.")] = None,
@@ -132,8 +132,14 @@ def register(app: typer.Typer) -> None:
         domain_text: Annotated[Optional[Path], typer.Option(help="Held-out domain text (JSONL/.txt/.md) for perplexity.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the JSON result instead of the table.")] = False,
         trust_remote_code: Annotated[bool, typer.Option(help="Allow models that need their own code (off by default).")] = False,
+        served: Annotated[Optional[Path], typer.Option("--served", help="Run folder: score the routed system (router + adapter + base) as `forgetless serve` answers.")] = None,
     ) -> None:
         """Score models on the general suites (math, code, knowledge MC) and/or your domain files."""
+        if served is not None:
+            from .served import served_cli
+
+            served_cli(served, out=out, batch_size=batch_size, as_json=as_json, allow_remote_code=trust_remote_code)
+            return
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
         from rich.table import Table
@@ -144,7 +150,7 @@ def register(app: typer.Typer) -> None:
         from .suites import IN_LOOP_LIMITS, SUITES, general_suite_scores
 
         wanted = parse_suites(suites)
-        columns = build_columns(model, adapter or [])
+        columns = build_columns(model or [], adapter or [])
         domain_data = None
         if DOMAIN in wanted:
             if not (domain_qa or domain_mc or domain_text):

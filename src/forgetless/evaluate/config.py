@@ -43,3 +43,9 @@ class EvalConfig(_Section):
         default_factory=lambda: {"math": 16, "code": 8, "knowledge_mc": 40},
         description="Items per general suite in the loop (subsets keep evaluation cheap; `forgetless eval` runs the full suites).",
     )
+    served_report: bool = Field(
+        # Off by default: it loads the run's base + adapter again and scores every suite on both
+        # sides (minutes); `forgetless eval --served RUN` gives the same section after the run.
+        False,
+        description="At the end of a run, score the served system (router + adapter + base) into served.json and report.md.",
+    )

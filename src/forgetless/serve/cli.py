@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         max_queue_wait: Annotated[float, typer.Option(help="Seconds a request may wait for the model before a 503 + Retry-After.")] = 30.0,
         model_prefix: Annotated[str, typer.Option(help="Served model ids: PREFIX-auto, PREFIX-adapter, PREFIX-base.")] = "forgetless",
         trust_remote_code: Annotated[bool, typer.Option(help="Allow a run whose base model needs its own code.")] = False,
+        monitor_sample_rate: Annotated[float, typer.Option(help="Share of adapter answers scored in the background for KL to the base (0: off).")] = 0.03,
+        kl_alert: Annotated[Optional[float], typer.Option(help="Drift alert threshold (per-token KL); default: the run's budget.general_kl.")] = None,
     ) -> None:
         """Serve a run over an OpenAI-compatible API; PREFIX-auto routes out-of-domain queries to the base."""
         import logging
@@ -61,13 +63,16 @@ def register(app: typer.Typer) -> None:
         if not key:
             key = secrets.token_urlsafe(24)
             typer.echo(f"API key (pass --api-key or ${API_KEY_ENV} to choose one): {key}", err=True)
+        if not 0.0 <= monitor_sample_rate <= 1.0:
+            raise ForgetlessError(f"--monitor-sample-rate must be in [0, 1], got {monitor_sample_rate}")
         if max_tokens_limit < 1 or max_prompt_tokens < 1 or max_batch < 1 or reload_interval <= 0 or max_queue_wait <= 0:
             raise ForgetlessError("--max-tokens-limit, --max-prompt-tokens, --max-batch, --reload-interval and --max-queue-wait must be positive")
         resolve = target_resolver(target)
         settings = ServeSettings(
             api_key=key, model_prefix=model_prefix, max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit,
             default_max_tokens=min(256, max_tokens_limit), max_queue_wait_s=max_queue_wait,
-            engine=EngineSettings(max_batch=max_batch, reload_interval_s=reload_interval, trust_remote_code=trust_remote_code),
+            engine=EngineSettings(max_batch=max_batch, reload_interval_s=reload_interval, trust_remote_code=trust_remote_code,
+                                  monitor_sample_rate=monitor_sample_rate, kl_alert=kl_alert),
         )  # fmt: skip
         logging.getLogger("forgetless.serve").setLevel(logging.INFO)
         # Load before binding: a bad run folder is one clear error line, not a server that 500s.

@@ -27,6 +27,7 @@ from ..models import load_model, load_tokenizer
 from ..runfolder import RunFolder, read_run_folder
 from .engine import Engine
 from .metrics import ServeMetrics
+from .monitor import DriftMonitor, run_kl_budget
 from .router import Router, load_router
 
 log = logging.getLogger("forgetless.serve")
@@ -43,6 +44,8 @@ class EngineSettings:
     max_queue: int = 256
     reload_interval_s: float = 2.0
     trust_remote_code: bool = False
+    monitor_sample_rate: float = 0.03  # share of adapter answers scored for KL to the base (serve/monitor.py)
+    kl_alert: float | None = None  # overrides the run's budget.general_kl as the drift alert threshold
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class Deployment:
         self.resolve_target, self.metrics, self.settings = resolve_target, metrics, settings
         self.spec = read_target(resolve_target())
         self.engine = build_engine(self.spec, metrics, settings)
+        self.monitor = DriftMonitor(metrics.registry, sample_rate=settings.monitor_sample_rate)
+        self._watch()
         self.loaded_at = time.time()
         self._checked = time.monotonic()
         self._lock = threading.Lock()  # one swap at a time; requests never wait on it
@@ -167,10 +172,16 @@ class Deployment:
                 return False
             log.info("now serving %s", spec.run_dir)
             self.spec, self.loaded_at = spec, time.time()
+            self._watch()
             return True
         finally:
             self._lock.release()
 
+    def _watch(self) -> None:
+        self.monitor.attach(self.engine)
+        self.monitor.set_kl_alert(self.settings.kl_alert if self.settings.kl_alert is not None else run_kl_budget(self.spec.run))
+
     def close(self) -> None:
-        """Stop the engine after its queued work."""
+        """Stop the drift monitor, then the engine after its queued work."""
+        self.monitor.stop()
         self.engine.stop()

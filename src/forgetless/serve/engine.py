@@ -111,6 +111,7 @@ class Engine:
         self.adapter_name = adapter_name
         self.router = router
         self.metrics = metrics
+        self.monitor: Any = None  # a DriftMonitor (serve/monitor.py) sees every finished job, if set
         self.max_batch, self.batch_window_s = max_batch, batch_window_s
         self.eos_ids = {i for i in [tok.eos_token_id, getattr(model.config, "eos_token_id", None)] if isinstance(i, int)}
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(self.eos_ids), 0)
@@ -340,6 +341,8 @@ class Engine:
             job.finished = True
             job.deliver(Event("done", route=job.route, score=job.score, finish_reason=finish,
                               prompt_tokens=len(job.prompt), completion_tokens=len(job.generated)))  # fmt: skip
+            if self.monitor is not None:
+                self.monitor.observe(job)  # after delivery: never on the request's path
             return False
         return True
 

@@ -7,6 +7,11 @@ general prompts, on the BASE model (adapter disabled), and stored in the run fol
   the user's own tokens, of the domain texts. Score = Mahalanobis distance to that Gaussian. The
   covariance is shrunk towards a scaled identity: with ~100 domain texts against a 576-wide hidden
   state the sample covariance is singular (see :data:`DEFAULT_SHRINKAGE` for how much and why).
+* ``mahalanobis_tokens``: the Mahalanobis score and a token-level novelty score (how many of the
+  user's tokens have no near twin among the domain texts' tokens, :mod:`.router_tokens`); a
+  request goes to the base when either is past its own threshold. The combined score is the larger
+  of the two margins (each in its own standard deviations), so its threshold is 0. Neighbouring
+  specialties, which look like the domain to a pooled Gaussian, are what the token part catches.
 * ``likelihood_ratio``: how much more likely the adapter finds the user's tokens than the base
   does (per token). The adapter was trained on the domain, so domain text gains likelihood and
   general text does not. Needs the adapter (two forward passes per request instead of one).
@@ -41,7 +46,7 @@ from ..errors import ForgetlessError, InputError
 from ..io import atomic_write_bytes, atomic_write_json, read_text_file
 from .prompts import EncodedPrompt, encode_user_texts
 
-METHODS = ("mahalanobis", "likelihood_ratio")
+METHODS = ("mahalanobis", "mahalanobis_tokens", "likelihood_ratio")
 ROUTER_FORMAT = 1
 DEFAULT_LAYER = -1  # last hidden state: the default of the low-level pooling functions
 # Which hidden state to pool by default, as a fraction of the depth. Measured on the embedded model
@@ -190,6 +195,7 @@ class Router:
     covariance: np.ndarray | None = None
     score_scale: float = 1.0  # std of domain scores: margins in the metrics are in these units
     info: dict[str, Any] = field(default_factory=dict)
+    tokens: Any = None  # a router_tokens.TokenBank (method mahalanobis_tokens)
 
     def mahalanobis(self, feats: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each row of ``feats`` to the domain Gaussian."""
@@ -207,10 +213,24 @@ class Router:
             with adapter_off(model):
                 feats = pooled_hidden_states(model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size)
             return self.mahalanobis(feats)
+        if self.method == "mahalanobis_tokens":
+            from .router_tokens import token_states
+
+            with adapter_off(model):
+                states = token_states(model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size)
+            return self.combined(states)
         with adapter_off(model):
             lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
         lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
         return -(lp_ad - lp_base)
+
+    def combined(self, states: Sequence[np.ndarray], *, leave_out_own: bool = False) -> np.ndarray:
+        """``mahalanobis_tokens`` score from token states: the larger margin of the two parts (> 0: base)."""
+        i = self.info
+        pooled = np.stack([s.mean(0) if len(s) else np.zeros(self.mean.shape[0]) for s in states]).astype(np.float64)  # type: ignore[union-attr]
+        m = (self.mahalanobis(pooled) - i["mahalanobis_threshold"]) / i["mahalanobis_scale"]
+        t = (self.tokens.novelty(states, quantile=i["token_quantile"], leave_out_own=leave_out_own) - i["token_threshold"]) / i["token_scale"]
+        return np.maximum(m, t)
 
     def margin(self, score: float) -> float:
         """How far past the threshold a score is, in standard deviations of the domain scores."""
@@ -221,6 +241,9 @@ class Router:
         tensors = {"threshold": np.array([self.threshold], dtype=np.float64)}
         if self.mean is not None:
             tensors.update(mean=self.mean, precision=self.precision, covariance=self.covariance)
+        if self.tokens is not None:
+            # fp16 halves the file; cosine similarities move by < 1e-3, far below the threshold's margins.
+            tensors.update(token_mean=self.tokens.mean, token_std=self.tokens.std, token_bank=self.tokens.bank.astype(np.float16))
         atomic_write_bytes(out_dir / artifacts.ROUTER, _safetensors_bytes(tensors))
         info = dict(self.info, format=ROUTER_FORMAT, method=self.method, layer=self.layer,
                     threshold=self.threshold, score_scale=self.score_scale)  # fmt: skip
@@ -252,12 +275,21 @@ def load_router(run_dir: Path) -> Router | None:
         raise InputError(f"must be one of {', '.join(METHODS)}", file=info_path, field="method")
     r = Router(method=info["method"], threshold=float(info["threshold"]), layer=int(info["layer"]),
                score_scale=float(info.get("score_scale", 1.0)), info=info)  # fmt: skip
-    if r.method == "mahalanobis":
+    if r.method in ("mahalanobis", "mahalanobis_tokens"):
         st = run_dir / artifacts.ROUTER
         if not st.exists():
             raise ForgetlessError(f"{info_path} says method 'mahalanobis' but {st} is missing")
         t = load_file(str(st))
         r.mean, r.precision, r.covariance = t["mean"], t["precision"], t["covariance"]
+        if r.method == "mahalanobis_tokens":
+            from .router_tokens import TokenBank
+
+            for key in ("mahalanobis_threshold", "mahalanobis_scale", "token_threshold", "token_scale", "token_quantile"):
+                if key not in info:
+                    raise InputError("is missing", file=info_path, field=key)
+            if "token_bank" not in t:
+                raise ForgetlessError(f"{st} has no token_bank (method mahalanobis_tokens)")
+            r.tokens = TokenBank(t["token_mean"], t["token_std"], t["token_bank"].astype(np.float32))
     return r
 
 
@@ -298,9 +330,11 @@ def calibrate_router(
     out_dir: Path,
     *,
     target_domain_to_base: float = 0.05,
-    method: str = "mahalanobis",
+    method: str = "mahalanobis_tokens",
     layer: int | None = None,
     shrinkage: float | None = DEFAULT_SHRINKAGE,
+    token_quantile: float | None = None,
+    general_quantile: float | None = None,
     folds: int = 5,
     seed: int = 0,
     batch_size: int = 16,
@@ -336,14 +370,39 @@ def calibrate_router(
     model.eval()
     try:
         router = Router(method=method, threshold=0.0, layer=layer)
-        if method == "mahalanobis":
+        if method == "mahalanobis_tokens":
+            from . import router_tokens as rt
+
+            tq = rt.DEFAULT_TOKEN_QUANTILE if token_quantile is None else token_quantile
+            gq = rt.DEFAULT_GENERAL_QUANTILE if general_quantile is None else general_quantile
+            with adapter_off(model):
+                s_dom = rt.token_states(model, dom, layer=layer, batch_size=batch_size, pad_id=pad)
+                s_gen = rt.token_states(model, gen, layer=layer, batch_size=batch_size, pad_id=pad)
+            f_dom = np.stack([s.mean(0) for s in s_dom]).astype(np.float64)
+            f_gen = np.stack([s.mean(0) for s in s_gen]).astype(np.float64)
+            router.mean, router.covariance, router.precision, used = fit_gaussian(f_dom, shrinkage)
+            m_dom = _oof_mahalanobis(f_dom, folds, seed, shrinkage)
+            m_thr = float(np.quantile(m_dom, 1.0 - target_domain_to_base))
+            router.tokens = rt.TokenBank.fit(s_dom)
+            t_dom = router.tokens.novelty(s_dom, quantile=tq, leave_out_own=True)
+            t_gen = router.tokens.novelty(s_gen, quantile=tq)
+            router.info = {"mahalanobis_threshold": m_thr, "mahalanobis_scale": float(np.std(m_dom)) or 1.0,
+                           "token_threshold": float(np.quantile(t_gen, gq)), "token_scale": float(np.std(t_gen)) or 1.0,
+                           "token_quantile": tq}  # fmt: skip
+            m_gen = router.mahalanobis(f_gen)
+            i = router.info
+            dom_scores = np.maximum((m_dom - m_thr) / i["mahalanobis_scale"], (t_dom - i["token_threshold"]) / i["token_scale"])
+            gen_scores = np.maximum((m_gen - m_thr) / i["mahalanobis_scale"], (t_gen - i["token_threshold"]) / i["token_scale"])
+            extra: dict[str, Any] = {**router.info, "general_quantile": gq, "shrinkage": used, "hidden_size": int(f_dom.shape[1]),
+                                     "folds": folds, "domain_tokens": int(router.tokens.bank.shape[0])}  # fmt: skip
+        elif method == "mahalanobis":
             with adapter_off(model):
                 f_dom = pooled_hidden_states(model, dom, layer=layer, batch_size=batch_size, pad_id=pad)
                 f_gen = pooled_hidden_states(model, gen, layer=layer, batch_size=batch_size, pad_id=pad)
             router.mean, router.covariance, router.precision, used = fit_gaussian(f_dom, shrinkage)
             dom_scores = _oof_mahalanobis(f_dom, folds, seed, shrinkage)
             gen_scores = router.mahalanobis(f_gen)
-            extra: dict[str, Any] = {"shrinkage": used, "shrinkage_method": "ledoit-wolf" if shrinkage is None else "fixed",
+            extra = {"shrinkage": used, "shrinkage_method": "ledoit-wolf" if shrinkage is None else "fixed",
                                      "hidden_size": int(f_dom.shape[1]), "folds": folds}  # fmt: skip
         else:
             dom_scores = router.score(model, dom, pad_id=pad, batch_size=batch_size)
@@ -351,8 +410,11 @@ def calibrate_router(
             extra = {}
     finally:
         model.train(was_training)
-    router.threshold = float(np.quantile(dom_scores, 1.0 - target_domain_to_base))
-    router.score_scale = float(np.std(dom_scores)) or 1.0
+    if method == "mahalanobis_tokens":
+        router.threshold, router.score_scale = 0.0, 1.0  # each part's margin is already in its own std units
+    else:
+        router.threshold = float(np.quantile(dom_scores, 1.0 - target_domain_to_base))
+        router.score_scale = float(np.std(dom_scores)) or 1.0
     router.info = {
         "calibration_auroc": auroc(dom_scores, gen_scores),
         "target_domain_to_base": target_domain_to_base,
