@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from forgetless import artifacts
-from forgetless.deploy.quantize import check_int8_gate, judge_int8, quant_info_path, quantize_and_gate
+from forgetless.deploy.quantize import check_int8_gate, judge_variant, quant_info_path, quantize_and_gate
 from forgetless.deploy.variants import load_base_4bit, load_variant, nf4_available, quantize_int8, resolve_target
 from forgetless.errors import ForgetlessError
 from forgetless.registry.lineage import PRIMARY_DOMAIN
@@ -22,17 +22,17 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(artifacts.CACHE_ENV, str(tmp_path / "cache"))
 
 
-def test_judge_int8_hand_worked() -> None:
+def test_judge_variant_hand_worked() -> None:
     fp32 = {"general/kl": 0.020, "domain/mc_acc": 0.50}
     ok = {"general/kl": 0.025, "domain/mc_acc": 0.49}
-    assert judge_int8(fp32, ok, budget_general_kl=0.05, max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
+    assert judge_variant(fp32, ok, budget_general_kl=0.05, max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
     # KL up by 0.015 > 0.01, and over the 0.03 budget; accuracy down by 0.05 > 0.02: three reasons.
     bad = {"general/kl": 0.035, "domain/mc_acc": 0.45}
-    passed, why, _ = judge_int8(fp32, bad, budget_general_kl=0.03, max_kl_increase=0.01, max_domain_drop=0.02)
+    passed, why, _ = judge_variant(fp32, bad, budget_general_kl=0.03, max_kl_increase=0.01, max_domain_drop=0.02)
     assert not passed and len(why) == 3
     # Perplexity only: the drop limit is relative (2% of 10.0 = 0.2); 10.1 passes, 10.3 fails.
-    assert judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
-    assert not judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert judge_variant({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert not judge_variant({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
 
 
 def test_quantize_int8_replaces_linears_and_stays_close() -> None:

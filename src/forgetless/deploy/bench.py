@@ -59,6 +59,7 @@ class BenchSpec:
     device: str = "cpu"
     threads: int = 0
     int8_backend: str = "torch"
+    int8_scheme: str = "per-channel"
 
 
 class _StepClock:
@@ -134,7 +135,7 @@ def run_worker(spec: BenchSpec) -> dict[str, Any]:
     if spec.device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model = load_variant(t, spec.variant, device=spec.device, int8_backend=spec.int8_backend, tok=tok)
+    model = load_variant(t, spec.variant, device=spec.device, int8_backend=spec.int8_backend, int8_scheme=spec.int8_scheme, tok=tok)
     load_s = time.perf_counter() - t0
     prompts = [chat_prompt_ids(tok, p) for p in PROMPTS]
     # Warm-up: the first generate pays one-off costs (kernel selection, allocator growth).
@@ -158,6 +159,7 @@ def run_worker(spec: BenchSpec) -> dict[str, Any]:
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if spec.variant == "int8":
         res["int8_backend"] = spec.int8_backend
+        res["int8_scheme"] = spec.int8_scheme
     return res
 
 
@@ -171,6 +173,7 @@ def run_bench(
     device: str,
     threads: int = 0,
     int8_backend: str = "torch",
+    int8_scheme: str = "per-channel",
     timeout_s: float = 1800,
     on_variant: Any = None,
 ) -> dict[str, Any]:
@@ -194,7 +197,7 @@ def run_bench(
         if skip:
             results.append({"variant": v, "skipped": skip})
         else:
-            spec = BenchSpec(str(t.run_dir or t.base_model), v, concurrency, max_new_tokens, repeats, device, threads, int8_backend)
+            spec = BenchSpec(str(t.run_dir or t.base_model), v, concurrency, max_new_tokens, repeats, device, threads, int8_backend, int8_scheme)
             proc = subprocess.run(
                 [sys.executable, "-m", "forgetless.deploy.bench", json.dumps(spec.__dict__)],
                 capture_output=True, text=True, timeout=timeout_s,
