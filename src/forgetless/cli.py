@@ -75,6 +75,7 @@ from .tokens.cli import register as _reg_tokens; _reg_tokens(app)  # noqa: E402
 from .deploy.cli import register as _reg_deploy; _reg_deploy(app)  # noqa: E402,E702 (issue 7)
 from .evaluate.cli import register as _reg_evaluate; _reg_evaluate(app)  # noqa: E402,E702 (issue 4)
 from .serve.cli import register as _reg_serve; _reg_serve(app)  # noqa: E402,E702 (issue 8)
+from .distill import register as _reg_distill; _reg_distill(app)  # noqa: E402,E702
 # STAGE-COMMANDS-END
 
 

@@ -26,6 +26,7 @@ import torch
 
 from .. import artifacts
 from ..errors import ForgetlessError
+from ..hashing import sha256_json
 from ..io import atomic_write_json, read_text_file
 from ..registry.lineage import PRIMARY_DOMAIN, adapter_hash, lower_is_better
 from .variants import DEFAULT_INT8_SCHEME, Target, load_target_tokenizer, load_variant, quantize_int8
@@ -122,7 +123,7 @@ def score_against_fp32(
     tokenizer and chat template are tested too. ``general_limit`` (None: the run's own
     ``eval.general_limit``) and ``domain_limit`` (0: all) trade precision for time.
     """
-    from ..config import load_config
+    from ..config import dump_config, load_config
     from ..evaluate.domain import DomainData, domain_scores, load_domain
     from ..evaluate.drift import cached_reference, general_drift, load_general_prompts
     from ..models import load_model, tokenizer_fingerprint, weights_fingerprint
@@ -162,17 +163,35 @@ def score_against_fp32(
 
     # fp32 whatever the run trained in: a variant is judged against full precision, not against bf16.
     merged = load_variant(Target(t.base_model, t.run_dir, "float32"), "merged", tok=tok)
-    fp32_scores = suites(merged, tok, "fp32")
+    # fp32's scores are the same for every variant gated against it: computed once per adapter and
+    # evaluation setting, then read back (an evaluation of a 135M model takes about a minute on CPU).
+    a_hash = adapter_hash(t.adapter_dir)  # type: ignore[arg-type]
+    key = sha256_json({"adapter": a_hash, "config": dump_config(cfg), "general_limit": limit, "domain_limit": domain_limit})
+    cache = run_dir / artifacts.DEPLOY_DIR / artifacts.FP32_SCORES
+    fp32_scores = _cached_scores(cache, key)
+    if fp32_scores is None:
+        fp32_scores = suites(merged, tok, "fp32")
+        atomic_write_json(cache, {"key": key, "scores": fp32_scores})
     cands = {}
     for label, model, mtok in build(merged, tok):
         cands[label] = suites(model, mtok, label)
         del model
     return Scored(
-        fp32=fp32_scores, candidates=cands, adapter_sha256=adapter_hash(t.adapter_dir),  # type: ignore[arg-type]
+        fp32=fp32_scores, candidates=cands, adapter_sha256=a_hash,
         budget_general_kl=cfg.budget.general_kl, general_prompts=len(ref.ids),
         general_tokens=sum(len(a) for a in ref.answer_ids), qa_items=len(domain.qa), mc_items=len(domain.mc),
         general_limit=limit,
     )  # fmt: skip
+
+
+def _cached_scores(path: Path, key: str) -> dict[str, float] | None:
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(read_text_file(path))
+    except json.JSONDecodeError:
+        return None  # a damaged cache is recomputed, not trusted
+    return rec.get("scores") if isinstance(rec, dict) and rec.get("key") == key else None
 
 
 def domain_part(scores: dict[str, float]) -> dict[str, float]:
