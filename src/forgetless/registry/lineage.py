@@ -252,3 +252,62 @@ def read_run(run_dir: str | Path) -> RunRecord:
         reasons=reasons,
     )
 
+
+
+def read_variant(rec: RunRecord, variant: str | None) -> dict[str, Any]:
+    """What makes a version more than its run: kind, source run, artifact (+ hash) and gate verdict.
+
+    ``variant`` None: the run itself, or a distilled student (its ``distill.json`` names the teacher
+    run as the source; its gate is the two suites of its own run). ``int8``: the verdict in
+    ``deploy/int8/quant_info.json``. ``gguf-<type>``: that file's entry in ``deploy/gguf/gguf_info.json``,
+    with the GGUF file as the artifact. A verdict recorded for another adapter than the one on disk
+    counts as refused. Returns ``{kind, source, artifact, artifact_sha256, gate_pass, reasons, scores}``.
+    """
+    from ..hashing import sha256_file
+
+    run_dir = Path(rec.run_dir)
+    out: dict[str, Any] = {"kind": "run", "source": None, "artifact": None, "artifact_sha256": None, "gate_pass": True, "reasons": [], "scores": {}}
+    if variant is None:
+        p = run_dir / artifacts.DISTILL_INFO
+        if p.exists():
+            info = _load_json(p)
+            out.update(kind="distill", source=info.get("teacher_run"), artifact=str(p), artifact_sha256=sha256_file(p))
+        return out
+    if variant == "int8":
+        p = run_dir / artifacts.DEPLOY_DIR / artifacts.QUANT_DIR / artifacts.QUANT_INFO
+        if not p.exists():
+            raise InputError("no int8 gate verdict: run `forgetless quantize` on the run first", file=p)
+        info = _load_json(p)
+        entry = {"verdict": info.get("verdict"), "reasons": info.get("reasons", [])}
+        g = info.get("general", {})
+        scores = {"general/kl": g.get("kl_int8"), "general/nll": g.get("nll_int8"), **(info.get("domain", {}).get("int8") or {})}
+        artifact = p
+    elif variant.startswith("gguf-"):
+        ftype = variant.split("-", 1)[1]
+        info_path = run_dir / artifacts.DEPLOY_DIR / artifacts.GGUF_DIR / artifacts.GGUF_INFO
+        if not info_path.exists():
+            raise InputError("no GGUF export: run `forgetless export RUN --format gguf` first", file=info_path)
+        info = _load_json(info_path)
+        entry = (info.get("files") or {}).get(ftype)
+        if entry is None:
+            raise InputError(f"no GGUF {ftype} file was exported", file=info_path)
+        artifact = run_dir / artifacts.DEPLOY_DIR / artifacts.GGUF_DIR / artifacts.GGUF_FILE.format(ftype=ftype)
+        if not artifact.exists():
+            raise InputError("the exported GGUF file is gone", file=artifact)
+        if sha256_file(artifact) != entry.get("sha256"):
+            entry = {"verdict": "refused", "reasons": [f"{artifact.name} changed after its gate ran"]}
+        scores = {"general/kl": (entry.get("general") or {}).get("kl"), "general/nll": (entry.get("general") or {}).get("nll"), **(entry.get("domain") or {})}
+    else:
+        raise InputError(f"unknown variant {variant!r} (choose from int8, gguf-f16, gguf-q8_0, gguf-q4_0)")
+    reasons = [f"{variant} gate: {r}" for r in entry.get("reasons", [])]
+    passed = entry.get("verdict") == "pass"
+    if info.get("adapter_sha256") != rec.adapter_sha256:
+        passed = False
+        reasons.append(f"{variant} gate: its verdict was recorded for another adapter than the one in {run_dir / artifacts.ADAPTER_DIR}")
+    if not passed and not reasons:
+        reasons.append(f"{variant} gate: verdict recorded as {entry.get('verdict')!r}")
+    out.update(
+        kind=variant, source=str(run_dir), artifact=str(artifact), artifact_sha256=sha256_file(artifact), gate_pass=passed, reasons=reasons,
+        scores={f"{variant}/{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))},
+    )  # fmt: skip
+    return out
