@@ -14,6 +14,7 @@ from forgetless.config import load_config
 from forgetless.distill import distill, domain_prompts, read_distill_info
 from forgetless.errors import ForgetlessError
 from forgetless.pipeline import run_pipeline
+from forgetless.registry import Registry
 from forgetless.testing import save_tiny_model
 
 
@@ -56,6 +57,9 @@ def test_distill_end_to_end(tiny_run: Path, tmp_path: Path) -> None:
     assert [h["step"] for h in history] == [0, 2]
     assert history[0]["general/kl"] == pytest.approx(0.0, abs=1e-6)  # drift is against the student's own base
     assert (out / A.SUMMARY).exists() and (out / A.ADAPTER_DIR / "adapter_config.json").exists()
+
+    v, _ = Registry(tmp_path / "r.sqlite").register(out, "student")
+    assert v.kind == "distill" and v.source == str(teacher_cfg.run_dir.resolve()) and v.base_model == str(student)
 
     with pytest.raises(ForgetlessError, match="already holds a run"):
         distill(teacher_cfg.run_dir, str(student), out)

@@ -18,6 +18,7 @@ from forgetless.deploy.export import check_gguf_gate, export_gguf, gguf_info_pat
 from forgetless.deploy.gguf_export import _permute, gguf_tensor_name, load_gguf, write_gguf
 from forgetless.deploy.variants import load_target_tokenizer, load_variant, resolve_target
 from forgetless.errors import ForgetlessError
+from forgetless.registry import Registry
 from forgetless.registry.sample_run import make_run_folder
 from forgetless.testing import tiny_model, tiny_tokenizer
 
@@ -71,11 +72,16 @@ def test_export_round_trip_and_gate(tmp_path: Path) -> None:
     assert info["files"]["f16"]["verdict"] == "pass" and info["files"]["q8_0"]["verdict"] == "pass"
     assert abs(info["files"]["f16"]["general"]["kl_increase"]) < 1e-3
     assert check_gguf_gate(run, "q8_0")["verdict"] == "pass"
+    reg = Registry(tmp_path / "r.sqlite")
+    v, _ = reg.register(run, "m", variant="gguf-q8_0")
+    assert v.kind == "gguf-q8_0" and v.gate_pass and v.artifact == str(gguf_path(run.resolve(), "q8_0"))
+    assert reg.promote(v.ref, "prod").ref == v.ref
     # A file changed after its gate ran is not trusted.
     with open(gguf_path(run, "f16"), "ab") as f:
         f.write(b"\0")
     with pytest.raises(ForgetlessError, match="changed since its gate ran"):
         check_gguf_gate(run, "f16")
+    assert not reg.register(run, "m", variant="gguf-f16")[0].gate_pass
 
 
 def test_gate_refuses_a_broken_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,6 +105,10 @@ def test_gate_refuses_a_broken_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert entry["verdict"] == "refused" and any("KL to base rose" in x for x in entry["reasons"])
     with pytest.raises(ForgetlessError, match="refused by the quality gate"):
         check_gguf_gate(run, "q8_0")
+    reg = Registry(tmp_path / "r.sqlite")
+    v, _ = reg.register(run, "m", variant="gguf-q8_0")
+    with pytest.raises(ForgetlessError, match="gguf-q8_0 quality gate failed"):
+        reg.promote(v.ref, "prod")
 
 
 def test_unknown_type_and_format_rejected(tmp_path: Path) -> None:
