@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--schemes", default=",".join(INT8_SCHEMES))
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--general-limit", type=int, default=None, help="general prompts (default: the run's eval.general_limit)")
+    ap.add_argument("--domain-limit", type=int, default=0, help="domain QA/MC items (0: all)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -32,7 +33,7 @@ def main() -> None:
         for s in schemes:
             yield s, quantize_int8(merged, a.backend, s), tok
 
-    sc = score_against_fp32(a.run_dir, build, general_limit=a.general_limit, progress=lambda d: print(f"  {d}", flush=True))
+    sc = score_against_fp32(a.run_dir, build, general_limit=a.general_limit, domain_limit=a.domain_limit, progress=lambda d: print(f"  {d}", flush=True))
     rows = [{"scheme": "fp32", **sc.fp32}]
     print(f"\n{a.run_dir}: {sc.general_prompts} general prompts ({sc.general_tokens} tokens), {sc.qa_items} QA + {sc.mc_items} MC items")
     head = f"| scheme | general/kl | KL increase | general/nll | {' | '.join(domain_part(sc.fp32))} | gate |"

@@ -1,7 +1,8 @@
 """int8 quantization of a run's merged model, with a quality gate on both suites.
 
-The gate runs the same two suites the training stage runs, on the fp32 merged model and on its
-int8 copy, and refuses the int8 artifact when
+The gate runs the same two suites the training stage runs, on the fp32 merged model and on a
+deployment variant built from it (int8 here; GGUF files in :mod:`forgetless.deploy.export`), and
+refuses the variant when (:func:`judge_variant`, the one gate decision)
 
 * general: ``KL(base || int8)`` rises above ``KL(base || fp32)`` by more than ``max_kl_increase``
   (default 0.01 nats/token), or exceeds the run's forgetting budget ``budget.general_kl``;
