@@ -20,6 +20,7 @@ never shown to the teacher: they stay a test set.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -164,7 +165,7 @@ def register(app: typer.Typer) -> None:
     def distill_cmd(
         teacher_run: Annotated[Path, typer.Argument(help="The tuned teacher's run folder.")],
         student: Annotated[str, typer.Option("--student", help="Student base model: an HF id, a folder or an embedded name.")],
-        out: Annotated[Path, typer.Option("--out", help="The student's run folder.")],
+        out: Annotated[Optional[Path], typer.Option("--out", help="The student's run folder (default: <teacher>/deploy/distill/<student>).")] = None,
         overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides of the student's config.")] = None,
         max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens of each teacher answer.")] = 64,
         documents: Annotated[bool, typer.Option("--documents/--no-documents", help="Also train on the teacher's plain-text documents.")] = True,
@@ -173,4 +174,8 @@ def register(app: typer.Typer) -> None:
         """Sequence-level distillation: the teacher's answers train the student through the normal pipeline."""
         from .cli import console
 
+        if out is None:
+            # One folder per student model name, path-safe ("HuggingFaceTB/SmolLM2-135M" -> "HuggingFaceTB--SmolLM2-135M").
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "--", Path(student).name if Path(student).exists() else student).strip("-.")
+            out = teacher_run / artifacts.DEPLOY_DIR / artifacts.DISTILL_DATA_DIR / (safe or "student")
         distill(teacher_run, student, out, overrides=overrides, max_new_tokens=max_new_tokens, keep_documents=documents, replay_prompts=replay_prompts, console=console)
