@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from forgetless import artifacts
+from forgetless.deploy.int8_weight_only import Int8WeightOnlyLinear
 from forgetless.deploy.quantize import check_int8_gate, judge_variant, quant_info_path, quantize_and_gate
 from forgetless.deploy.variants import load_base_4bit, load_variant, nf4_available, quantize_int8, resolve_target
 from forgetless.errors import ForgetlessError
@@ -40,12 +41,37 @@ def test_quantize_int8_replaces_linears_and_stays_close() -> None:
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         ref = model(ids).logits
-        q = quantize_int8(model, "torch")
+        q = quantize_int8(model, "torch", "per-channel")
         got = q(ids).logits
     kinds = {type(m).__module__ + "." + type(m).__name__ for m in q.modules() if "Linear" in type(m).__name__}
     assert kinds and all("quantized" in k for k in kinds), kinds
     assert q.lm_head is not model.lm_head  # quantize_dynamic copies: the fp32 model is untouched
     assert torch.allclose(got, ref, atol=0.05), (got - ref).abs().max()
+
+
+def test_weight_only_linear_hand_worked() -> None:
+    lin = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.27, -0.64], [0.254, 0.128]]))
+    q = Int8WeightOnlyLinear(lin)
+    # Row scales: 1.27/127 = 0.01 and 0.254/127 = 0.002; the weights are exact multiples of them.
+    assert q.qweight.tolist() == [[127, -64], [127, 64]]
+    assert torch.allclose(q.scale, torch.tensor([0.01, 0.002]))
+    got = q(torch.tensor([[[1.0, 1.0]]]))
+    assert got.shape == (1, 1, 2) and torch.allclose(got, torch.tensor([[[0.63, 0.382]]]), atol=1e-5)
+
+
+def test_weight_only_is_the_default_and_stays_close() -> None:
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        q = quantize_int8(model)
+        got = q(ids).logits
+    assert all(type(m) is not torch.nn.Linear for m in q.modules())
+    assert any(isinstance(m, Int8WeightOnlyLinear) for m in q.modules())
+    assert any(type(m) is torch.nn.Linear for m in model.modules())  # the fp32 model is untouched
+    assert torch.allclose(got, ref, atol=0.01), (got - ref).abs().max()
 
 
 def test_unknown_backend_rejected() -> None:

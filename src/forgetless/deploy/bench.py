@@ -59,7 +59,7 @@ class BenchSpec:
     device: str = "cpu"
     threads: int = 0
     int8_backend: str = "torch"
-    int8_scheme: str = "per-channel"
+    int8_scheme: str = "weight-only"
 
 
 class _StepClock:
@@ -173,7 +173,7 @@ def run_bench(
     device: str,
     threads: int = 0,
     int8_backend: str = "torch",
-    int8_scheme: str = "per-channel",
+    int8_scheme: str = "weight-only",
     timeout_s: float = 1800,
     on_variant: Any = None,
 ) -> dict[str, Any]:

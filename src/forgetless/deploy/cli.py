@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
         threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")] = 0,
         int8_backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
-        int8_scheme: Annotated[str, typer.Option(help="per-channel, per-channel-fp32-head or per-tensor.")] = "per-channel",
+        int8_scheme: Annotated[str, typer.Option(help="weight-only, per-channel, per-channel-fp32-head or per-tensor.")] = "weight-only",
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results here (default: <run>/deploy/bench.json).")] = None,
     ) -> None:
         """Time to first token, per-token latency, throughput and peak memory for each variant."""
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
     def quantize(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
         backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
-        scheme: Annotated[str, typer.Option(help="per-channel (default), per-channel-fp32-head (LM head in fp32) or per-tensor.")] = "per-channel",
+        scheme: Annotated[str, typer.Option(help="weight-only (default: int8 weights, fp32 activations), per-channel, per-channel-fp32-head or per-tensor.")] = "weight-only",
         max_kl_increase: Annotated[float, typer.Option(min=0, help="Most the general KL to base may rise over fp32 (nats/token).")] = 0.01,
         max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
         general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,

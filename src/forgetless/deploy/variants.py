@@ -85,17 +85,19 @@ def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
     return load_tokenizer(t.base_model)
 
 
-# How int8 is applied (the weights' scale granularity, and which matrices stay fp32):
+# How int8 is applied:
 #
-# * ``per-tensor``          one scale per weight matrix, every Linear (the LM head too);
-# * ``per-channel``         one scale per output row, every Linear (the LM head too);
-# * ``per-channel-fp32-head``  per-channel, the LM head kept in fp32.
+# * ``weight-only``         int8 weights, one scale per output row, fp32 activations, every Linear
+#                           (torch backend: forgetless.deploy.int8_weight_only);
+# * ``per-channel``         dynamic quantization: int8 weights per output row AND int8 activations;
+# * ``per-channel-fp32-head``  the same, the LM head kept in fp32;
+# * ``per-tensor``          dynamic quantization with one weight scale per matrix.
 #
 # Embeddings are never quantized (they are a lookup, not a matmul). Measured on the embedded
-# SmolLM2-135M (docs/benchmarks.md, bench/deploy_int8_schemes.py): per-tensor moved the general
-# KL to base by more than 1 nat/token; per-channel is the default.
-INT8_SCHEMES = ("per-channel", "per-channel-fp32-head", "per-tensor")
-DEFAULT_INT8_SCHEME = "per-channel"
+# SmolLM2-135M (docs/benchmarks.md, bench/deploy_int8_schemes.py): the three dynamic schemes move
+# the general KL to base by 0.68-0.87 nats/token; weight-only by 0.004 (16 prompts).
+INT8_SCHEMES = ("weight-only", "per-channel", "per-channel-fp32-head", "per-tensor")
+DEFAULT_INT8_SCHEME = "weight-only"
 
 
 def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME) -> PreTrainedModel:
@@ -109,6 +111,12 @@ def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = 
     if scheme not in INT8_SCHEMES:
         raise ForgetlessError(f"unknown int8 scheme '{scheme}' (choose from {', '.join(INT8_SCHEMES)})")
     keep_head = scheme.endswith("fp32-head")
+    if backend == "torch" and scheme == "weight-only":
+        import copy
+
+        from .int8_weight_only import quantize_weight_only
+
+        return quantize_weight_only(copy.deepcopy(model))  # a copy, like quantize_dynamic
     if backend == "torch":
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
@@ -125,8 +133,8 @@ def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = 
     if backend == "torchao":
         if importlib.util.find_spec("torchao") is None:
             raise ForgetlessError("the torchao int8 backend needs the torchao package: pip install torchao")
-        if scheme == "per-tensor":
-            raise ForgetlessError("the torchao int8 backend quantizes per channel only; use --scheme per-channel")
+        if scheme in ("per-tensor", "weight-only"):
+            raise ForgetlessError(f"the torchao int8 backend is wired for dynamic per-channel schemes only, not {scheme}")
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         def want(module: torch.nn.Module, fqn: str) -> bool:
