@@ -7,7 +7,8 @@ The error comes from quantizing the activations (one scale per tensor, and this 
 activations have outlier channels), so this scheme keeps them in full precision.
 
 The matmul is ``aten._weight_int8pack_mm`` (a CPU kernel shipped with torch): the int8 weights are
-read as they are, never expanded to an fp32 copy.
+read as they are, never expanded to an fp32 copy. The gain is memory (weights 237 vs 513 MB for
+SmolLM2-135M), not speed: measured at 1 thread on fp32 activations it decoded ~5x slower than fp32.
 """
 
 from __future__ import annotations
