@@ -46,7 +46,7 @@ def main() -> None:
 
     line("fp32 (merged)", sc.fp32, "-")
     for name, s in sc.candidates.items():
-        ok, why, _ = judge_variant(sc.fp32, s, budget_general_kl=sc.budget_general_kl, max_kl_increase=0.01, max_domain_drop=0.02)
+        ok, why, _ = judge_variant(sc.fp32, s, budget=sc.budget, max_kl_increase=0.01, max_domain_drop=0.02)
         line(f"int8 {name}", s, "pass" if ok else "refused: " + "; ".join(why))
         rows.append({"scheme": name, **s, "gate": ok, "reasons": why})
     if a.json:

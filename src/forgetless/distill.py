@@ -31,7 +31,7 @@ from rich.console import Console
 from . import artifacts
 from .errors import ForgetlessError
 from .hashing import sha256_file
-from .io import atomic_write_json, atomic_write_text, read_text_file, write_jsonl
+from .io import atomic_write_json, atomic_write_text, write_jsonl
 
 
 def domain_prompts(train_paths: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -76,23 +76,26 @@ def distill(
     keep_documents: bool = True,
     replay_prompts: int = 0,
     console: Console | None = None,
+    allow_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Generate the teacher's answers, then train ``student`` on them with the normal pipeline; returns its summary.
 
     ``replay_prompts``: how many of forgetless' replay prompts the teacher answers (0: all of them).
+    ``allow_remote_code``: needed when the teacher was trained with ``model.trust_remote_code``.
     """
     from .config import load_config
-    from .deploy.variants import Target, load_target_tokenizer, load_variant, resolve_target
+    from .deploy.variants import Target, load_target_tokenizer, load_variant
     from .pipeline import run_pipeline
     from .registry.lineage import adapter_hash
+    from .runfolder import read_run_folder
 
     console = console or Console(stderr=True)
-    teacher_run = Path(teacher_run).resolve()
+    run = read_run_folder(teacher_run)
+    teacher_run, tcfg = run.path, run.config
+    run.require_adapter()
+    # The teacher loads as it was trained (revision, remote-code setting).
+    t = Target(run.model(allow_remote_code=allow_remote_code), run.path)
     run_dir = Path(run_dir).resolve()
-    t = resolve_target(str(teacher_run))
-    if t.run_dir is None:
-        raise ForgetlessError(f"{teacher_run} is not a run folder (no {artifacts.RESOLVED_CONFIG})")
-    tcfg = load_config(teacher_run / artifacts.RESOLVED_CONFIG)
     if (run_dir / artifacts.METRICS).exists():
         raise ForgetlessError(f"{run_dir} already holds a run; choose a new folder with --out")
 
@@ -101,7 +104,8 @@ def distill(
     data_dir = run_dir / artifacts.DISTILL_DATA_DIR
     d = tcfg.model_dump(mode="json")
     d["run_dir"] = str(run_dir)
-    d["model"] = {**d["model"], "name": student, "revision": None}
+    # The student is another model: the teacher's revision and remote-code permission do not carry over.
+    d["model"] = {**d["model"], "name": student, "revision": None, "trust_remote_code": False}
     d["tokens"] = {**d["tokens"], "enabled": False}  # the teacher's added vocabulary belongs to its tokenizer
     d["data"] = {**d["data"], "train": [str(data_dir / "domain.jsonl")], "replay": None}
     cfg_path = data_dir / "student_config.yaml"
@@ -114,7 +118,7 @@ def distill(
         raise ForgetlessError(f"{teacher_run}: the teacher's training data has no prompts (chat or prompt/response records) to answer")
     console.print(f"[bold]distill[/] teacher {teacher_run.name} answers {len(prompts)} domain prompts" + (" and the replay prompts" if want_replay else ""))
     tok = load_target_tokenizer(t)
-    teacher = load_variant(Target(t.base_model, t.run_dir, "float32"), "merged", tok=tok)
+    teacher = load_variant(t.in_fp32(), "merged", tok=tok)
     bs = tcfg.eval.batch_size
     answers = teacher_answers(teacher, tok, [p["messages"] for p in prompts], max_new_tokens=max_new_tokens, batch_size=bs)
     domain = [{"messages": p["messages"] + [{"role": "assistant", "content": a}], "teacher_source": p["source"]}
@@ -135,7 +139,7 @@ def distill(
     info = {
         "teacher_run": str(teacher_run),
         "teacher_base": t.base_model,
-        "teacher_adapter_sha256": adapter_hash(t.adapter_dir),  # type: ignore[arg-type]
+        "teacher_adapter_sha256": adapter_hash(run.adapter_dir),
         "student": student,
         "domain_answers": sum(1 for r in domain if "messages" in r),
         "documents": len(docs) if keep_documents else 0,
@@ -149,13 +153,9 @@ def distill(
 
 def read_distill_info(run_dir: str | Path) -> dict[str, Any] | None:
     """A student run's ``distill.json`` (None for a run that was not distilled)."""
-    p = Path(run_dir) / artifacts.DISTILL_INFO
-    if not p.exists():
-        return None
-    try:
-        return json.loads(read_text_file(p))
-    except json.JSONDecodeError as e:
-        raise ForgetlessError(f"{p}: not valid JSON ({e.msg})") from None
+    from .runfolder import read_run_folder
+
+    return read_run_folder(run_dir).read_json(artifacts.DISTILL_INFO)
 
 
 def register(app: typer.Typer) -> None:
@@ -170,6 +170,7 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens of each teacher answer.")] = 64,
         documents: Annotated[bool, typer.Option("--documents/--no-documents", help="Also train on the teacher's plain-text documents.")] = True,
         replay_prompts: Annotated[int, typer.Option(min=0, help="Replay prompts the teacher answers when the student mixes replay in (0: all).")] = 0,
+        trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow loading a teacher whose model needs its own code (model.trust_remote_code).")] = False,
     ) -> None:
         """Sequence-level distillation: the teacher's answers train the student through the normal pipeline."""
         from .cli import console
@@ -178,4 +179,7 @@ def register(app: typer.Typer) -> None:
             # One folder per student model name, path-safe ("HuggingFaceTB/SmolLM2-135M" -> "HuggingFaceTB--SmolLM2-135M").
             safe = re.sub(r"[^A-Za-z0-9._-]+", "--", Path(student).name if Path(student).exists() else student).strip("-.")
             out = teacher_run / artifacts.DEPLOY_DIR / artifacts.DISTILL_DATA_DIR / (safe or "student")
-        distill(teacher_run, student, out, overrides=overrides, max_new_tokens=max_new_tokens, keep_documents=documents, replay_prompts=replay_prompts, console=console)
+        distill(
+            teacher_run, student, out, overrides=overrides, max_new_tokens=max_new_tokens, keep_documents=documents, replay_prompts=replay_prompts, console=console,
+            allow_remote_code=trust_remote_code,
+        )

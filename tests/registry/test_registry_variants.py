@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from forgetless import artifacts
@@ -35,8 +36,12 @@ def test_int8_variant_registers_and_gate_decides_promotion(tmp_path: Path) -> No
     assert reg.register(run, "m", variant="int8") == (v, False)  # same artifact: no duplicate
     assert reg.promote(v.ref, "prod").ref == v.ref
 
-    # A deliberately impossible limit: the gate refuses; registered (on record), never promotable.
-    assert not quantize_and_gate(run, max_kl_increase=-1.0).passed
+    # A budget no quantized model meets (KL to base 0): the gate refuses; registered (on record), never promotable.
+    cfg_path = run / artifacts.RESOLVED_CONFIG
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["budget"] = {**(cfg.get("budget") or {}), "general_kl": 0.0}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert not quantize_and_gate(run).passed
     bad, created = reg.register(run, "m", variant="int8")
     assert created and not bad.gate_pass and any("int8 gate: general" in r for r in bad.reasons)
     with pytest.raises(ForgetlessError, match="int8 quality gate failed"):

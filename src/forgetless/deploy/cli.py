@@ -12,6 +12,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from ..errors import ForgetlessError
+from .int8_schemes import BENCH_INT8_SCHEME, DEFAULT_INT8_SCHEME, INT8_SCHEMES
+
+SCHEMES_HELP = ", ".join(INT8_SCHEMES)
 
 out = Console()
 err = Console(stderr=True)
@@ -50,6 +53,10 @@ def bench_table(result: dict) -> Table:
     return t
 
 
+# A run trained with model.trust_remote_code runs the model's own code when loaded: never by default.
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow loading a run whose model needs its own code (model.trust_remote_code).")]
+
+
 def register(app: typer.Typer) -> None:
     """Add the deploy commands to the CLI."""
 
@@ -63,8 +70,9 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
         threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")] = 0,
         int8_backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
-        int8_scheme: Annotated[str, typer.Option(help="weight-only, per-channel, per-channel-fp32-head or per-tensor.")] = "weight-only",
+        int8_scheme: Annotated[str, typer.Option(help=f"int8 scheme timed: {SCHEMES_HELP} (default: the fast dynamic one; `quantize` gates weight-only).")] = BENCH_INT8_SCHEME,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results here (default: <run>/deploy/bench.json).")] = None,
+        trust_remote_code: TrustOpt = False,
     ) -> None:
         """Time to first token, per-token latency, throughput and peak memory for each variant."""
         from .bench import default_bench_path, run_bench, save_bench
@@ -87,6 +95,7 @@ def register(app: typer.Typer) -> None:
             res = run_bench(
                 target, names, concurrency=conc, max_new_tokens=max_new_tokens, repeats=repeats,
                 device=device, threads=threads, int8_backend=int8_backend, int8_scheme=int8_scheme, on_variant=done,
+                trust_remote_code=trust_remote_code,
             )
         path = json_out or default_bench_path(res["target"])
         if path is not None:
@@ -101,11 +110,12 @@ def register(app: typer.Typer) -> None:
     def quantize(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
         backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
-        scheme: Annotated[str, typer.Option(help="weight-only (default: int8 weights, fp32 activations), per-channel, per-channel-fp32-head or per-tensor.")] = "weight-only",
+        scheme: Annotated[str, typer.Option(help=f"int8 scheme gated: {SCHEMES_HELP} (default: weight-only, int8 weights and fp32 activations, the one that passes).")] = DEFAULT_INT8_SCHEME,
         max_kl_increase: Annotated[float, typer.Option(min=0, help="Most the general KL to base may rise over fp32 (nats/token).")] = 0.01,
         max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
         general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
         domain_limit: Annotated[int, typer.Option(min=0, help="Domain QA/MC items to use (0: all).")] = 0,
+        trust_remote_code: TrustOpt = False,
     ) -> None:
         """int8-quantize a run's merged model and gate it on both suites against fp32; exit 2 if refused."""
         from .quantize import quant_info_path, quantize_and_gate
@@ -114,7 +124,7 @@ def register(app: typer.Typer) -> None:
             task = prog.add_task("loading", total=None)
             res = quantize_and_gate(
                 run_dir, backend=backend, scheme=scheme, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
-                general_limit=general_limit, domain_limit=domain_limit,
+                general_limit=general_limit, domain_limit=domain_limit, allow_remote_code=trust_remote_code,
                 progress=lambda d: prog.update(task, description=d),
             )  # fmt: skip
         t = Table(title=f"int8 ({backend}, {scheme}) vs fp32: {run_dir}")
@@ -141,6 +151,7 @@ def register(app: typer.Typer) -> None:
         max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
         general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
         domain_limit: Annotated[int, typer.Option(min=0, help="Domain QA/MC items to use (0: all).")] = 0,
+        trust_remote_code: TrustOpt = False,
     ) -> None:
         """Write the merged model (adapter at its selected scale) as GGUF files, each gated against fp32; exit 2 if any is refused."""
         from .export import export_gguf, gguf_dir, gguf_info_path
@@ -153,6 +164,7 @@ def register(app: typer.Typer) -> None:
             info = export_gguf(
                 run_dir, names, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
                 general_limit=general_limit, domain_limit=domain_limit, progress=lambda d: prog.update(task, description=d),
+                allow_remote_code=trust_remote_code,
             )  # fmt: skip
         metric = next((f["primary_metric"] for f in info["files"].values() if f.get("primary_metric")), None)
         t = Table(title=f"GGUF vs fp32: {run_dir}")

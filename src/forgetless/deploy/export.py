@@ -13,7 +13,6 @@ verdict; :func:`check_gguf_gate` is what the registry calls before registering o
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,8 @@ from typing import Any
 from .. import artifacts
 from ..errors import ForgetlessError
 from ..hashing import sha256_file
-from ..io import atomic_write_json, read_text_file
+from ..io import atomic_write_json
+from ..runfolder import read_run_folder
 from .gguf_export import GGUF_TYPES, _source_pre, load_gguf, write_gguf
 from .quantize import domain_part, judge_variant, score_against_fp32
 
@@ -50,17 +50,17 @@ def export_gguf(
     general_limit: int | None = None,
     domain_limit: int = 0,
     progress: Any = None,
+    allow_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Write one GGUF file per type in ``types``, gate each against fp32, write and return ``gguf_info.json``."""
-    from ..config import load_config
 
     for ft in types:
         if ft not in GGUF_TYPES:
             raise ForgetlessError(f"--types: unknown GGUF type '{ft}' (choose from {', '.join(GGUF_TYPES)})")
     t0 = time.perf_counter()
-    run_dir = Path(run_dir).resolve()
+    run = read_run_folder(run_dir)
+    run_dir, cfg = run.path, run.config
     say = progress or (lambda _d: None)
-    cfg = load_config(run_dir / artifacts.RESOLVED_CONFIG)
     from ..models import resolve_model
 
     pre = _source_pre(resolve_model(cfg.model.name))
@@ -74,11 +74,13 @@ def export_gguf(
             model, gtok = load_gguf(written[ft])
             yield ft, model, gtok
 
-    sc = score_against_fp32(run_dir, build, general_limit=general_limit, domain_limit=domain_limit, progress=say)
+    sc = score_against_fp32(
+        run_dir, build, general_limit=general_limit, domain_limit=domain_limit, progress=say, allow_remote_code=allow_remote_code
+    )
     files = {}
     for ft, s in sc.candidates.items():
         passed, reasons, metric = judge_variant(
-            sc.fp32, s, budget_general_kl=sc.budget_general_kl, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
+            sc.fp32, s, budget=sc.budget, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
         )
         p = written[ft]
         files[ft] = {
@@ -92,25 +94,25 @@ def export_gguf(
         "pre_tokenizer": pre,
         "fp32": {"general": {"kl": sc.fp32["general/kl"], "nll": sc.fp32["general/nll"]}, "domain": domain_part(sc.fp32)},
         "files": files,
-        "budget_general_kl": sc.budget_general_kl,
+        "budget_general_kl": sc.budget.general_kl,
         "limits": {"max_kl_increase": max_kl_increase, "max_domain_drop": max_domain_drop, "general_limit": sc.general_limit,
                    "domain_limit": domain_limit, "general_prompts": sc.general_prompts, "qa_items": sc.qa_items, "mc_items": sc.mc_items},
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     # Merge with files exported earlier under other types, so one info file describes the folder.
-    old = _read_info(run_dir) if gguf_info_path(run_dir).exists() else {}
+    old = _read_info(run_dir) or {}
     if old.get("adapter_sha256") == sc.adapter_sha256:
         info["files"] = {**old.get("files", {}), **files}
     atomic_write_json(gguf_info_path(run_dir), info)
     return info
 
 
-def _read_info(run_dir: Path) -> dict[str, Any]:
-    p = gguf_info_path(run_dir)
-    try:
-        return json.loads(read_text_file(p))
-    except json.JSONDecodeError as e:
-        raise ForgetlessError(f"{p}: not valid JSON ({e.msg})") from None
+def _read_info(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``gguf_info.json`` (None before the first export); a damaged one raises naming the file."""
+    info = read_run_folder(run_dir).read_json(f"{artifacts.DEPLOY_DIR}/{artifacts.GGUF_DIR}/{artifacts.GGUF_INFO}")
+    if info is not None and not isinstance(info, dict):
+        raise ForgetlessError(f"{gguf_info_path(run_dir)}: expected a JSON object")
+    return info
 
 
 def check_gguf_gate(run_dir: str | Path, ftype: str) -> dict[str, Any]:
@@ -119,9 +121,9 @@ def check_gguf_gate(run_dir: str | Path, ftype: str) -> dict[str, Any]:
     from ..registry.lineage import adapter_hash
 
     run_dir = Path(run_dir)
-    if not gguf_info_path(run_dir).exists():
-        raise ForgetlessError(f"{run_dir}: no GGUF export; run `forgetless export {run_dir} --format gguf` first")
     info = _read_info(run_dir)
+    if info is None:
+        raise ForgetlessError(f"{run_dir}: no GGUF export; run `forgetless export {run_dir} --format gguf` first")
     entry = info.get("files", {}).get(ftype)
     if entry is None:
         raise ForgetlessError(f"{run_dir}: no GGUF {ftype} file was exported (have: {', '.join(info.get('files', {})) or 'none'})")

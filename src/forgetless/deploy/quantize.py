@@ -26,10 +26,12 @@ from typing import Any
 import torch
 
 from .. import artifacts
-from ..errors import ForgetlessError
+from ..budget import PRIMARY_DOMAIN, BudgetConfig, judge, lower_is_better
+from ..errors import ForgetlessError, InputError
 from ..hashing import sha256_json
 from ..io import atomic_write_json, read_text_file
-from ..registry.lineage import PRIMARY_DOMAIN, adapter_hash, lower_is_better
+from ..registry.lineage import adapter_hash
+from ..runfolder import RunFolder, read_run_folder
 from .variants import DEFAULT_INT8_SCHEME, Target, load_target_tokenizer, load_variant, quantize_int8
 
 
@@ -67,21 +69,25 @@ def judge_variant(
     fp32: dict[str, float],
     candidate: dict[str, float],
     *,
-    budget_general_kl: float | None,
+    budget: BudgetConfig,
     max_kl_increase: float,
     max_domain_drop: float,
 ) -> tuple[bool, list[str], str | None]:
     """Pass/fail of a deployment variant (int8, a GGUF file) from both suites' scores next to fp32's.
 
-    The one gate decision of the deploy stage. ``fp32``/``candidate`` hold ``general/kl``
-    and the ``domain/...`` metrics. Returns ``(passed, reasons, primary_metric)``.
+    The one gate decision of the deploy stage. ``fp32``/``candidate`` hold ``general/kl`` and the
+    ``domain/...`` metrics. The general side is two budgets judged by :func:`forgetless.budget.judge`:
+    the run's own, and the quantization tolerance (fp32's KL plus ``max_kl_increase``). Returns
+    ``(passed, reasons, primary_metric)``.
     """
+    if max_kl_increase < 0 or max_domain_drop < 0:
+        raise ForgetlessError(f"the gate's limits must be >= 0 (max_kl_increase={max_kl_increase}, max_domain_drop={max_domain_drop})")
     reasons = []
-    inc = candidate["general/kl"] - fp32["general/kl"]
-    if inc > max_kl_increase:
-        reasons.append(f"general: KL to base rose by {inc:.4f} nats/token (limit {max_kl_increase})")
-    if budget_general_kl is not None and candidate["general/kl"] > budget_general_kl:
-        reasons.append(f"general: KL to base {candidate['general/kl']:.4f} exceeds the run's budget {budget_general_kl}")
+    tolerance = BudgetConfig(general_kl=fp32["general/kl"] + max_kl_increase)
+    if not judge(tolerance, candidate).allowed:
+        inc = candidate["general/kl"] - fp32["general/kl"]
+        reasons.append(f"general: KL to base rose by {inc:.4f} nats/token over fp32 (limit {max_kl_increase})")
+    reasons += [f"general: the run's budget: {v}" for v in judge(budget, candidate).violations]
     metric = _primary(fp32)
     if metric is not None and metric in candidate:
         drop = fp32[metric] - candidate[metric]
@@ -101,7 +107,7 @@ class Scored:
     fp32: dict[str, float]
     candidates: dict[str, dict[str, float]]
     adapter_sha256: str
-    budget_general_kl: float | None
+    budget: BudgetConfig
     general_prompts: int
     general_tokens: int
     qa_items: int
@@ -116,6 +122,7 @@ def score_against_fp32(
     general_limit: int | None = None,
     domain_limit: int = 0,
     progress: Any = None,
+    allow_remote_code: bool = False,
 ) -> Scored:
     """Score a run's fp32 merged model and every candidate ``build(merged, tok)`` yields, on both suites.
 
@@ -124,18 +131,17 @@ def score_against_fp32(
     tokenizer and chat template are tested too. ``general_limit`` (None: the run's own
     ``eval.general_limit``) and ``domain_limit`` (0: all) trade precision for time.
     """
-    from ..config import dump_config, load_config
+    from ..config import dump_config
     from ..evaluate.domain import DomainData, domain_scores, load_domain
     from ..evaluate.drift import cached_reference, general_drift, load_general_prompts
     from ..models import load_model, tokenizer_fingerprint, weights_fingerprint
-    from .variants import resolve_target
 
     say = progress or (lambda _d: None)
-    run_dir = Path(run_dir).resolve()
-    t: Target = resolve_target(str(run_dir))
-    if t.run_dir is None:
-        raise ForgetlessError(f"{run_dir} is not a run folder (no {artifacts.RESOLVED_CONFIG})")
-    cfg = load_config(run_dir / artifacts.RESOLVED_CONFIG)
+    run = read_run_folder(run_dir)
+    run_dir, cfg = run.path, run.config
+    # Revision and remote-code setting travel with the run: the base scored here is the one it trained on.
+    t = Target(run.model(allow_remote_code=allow_remote_code), run_dir)
+    run.require_adapter()
     tok = load_target_tokenizer(t)
     pad = tok.pad_token_id or 0
     bs = cfg.eval.batch_size
@@ -143,7 +149,7 @@ def score_against_fp32(
     say("base reference (cached by the training run)")
     limit = cfg.eval.general_limit if general_limit is None else general_limit
     prompts = load_general_prompts(cfg.eval.general_prompts, limit)
-    base = load_model(cfg.model.name, dtype="float32", trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    base = load_model(t.base_model, dtype="float32", trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
     ref, _, _ = cached_reference(
         base, tok, prompts, base_fingerprint=weights_fingerprint(cfg.model.name, revision=cfg.model.revision),
         tokenizer_fingerprint=tokenizer_fingerprint(tok), max_new_tokens=cfg.eval.general_max_new_tokens,
@@ -163,13 +169,13 @@ def score_against_fp32(
         return {"general/kl": d.kl, "general/nll": d.nll, **{k: v for k, v in dom.items() if isinstance(v, float)}}
 
     # fp32 whatever the run trained in: a variant is judged against full precision, not against bf16.
-    merged = load_variant(Target(t.base_model, t.run_dir, "float32"), "merged", tok=tok)
+    merged = load_variant(t.in_fp32(), "merged", tok=tok)
     # fp32's scores are the same for every variant gated against it: computed once per adapter and
     # evaluation setting, then read back (an evaluation of a 135M model takes about a minute on CPU).
-    a_hash = adapter_hash(t.adapter_dir)  # type: ignore[arg-type]
+    a_hash = adapter_hash(run.adapter_dir)
     key = sha256_json({"adapter": a_hash, "config": dump_config(cfg), "general_limit": limit, "domain_limit": domain_limit})
     cache = run_dir / artifacts.DEPLOY_DIR / artifacts.FP32_SCORES
-    fp32_scores = _cached_scores(cache, key)
+    fp32_scores = _cached_scores(run, key)
     if fp32_scores is None:
         fp32_scores = suites(merged, tok, "fp32")
         atomic_write_json(cache, {"key": key, "scores": fp32_scores})
@@ -179,18 +185,16 @@ def score_against_fp32(
         del model
     return Scored(
         fp32=fp32_scores, candidates=cands, adapter_sha256=a_hash,
-        budget_general_kl=cfg.budget.general_kl, general_prompts=len(ref.ids),
+        budget=cfg.budget, general_prompts=len(ref.ids),
         general_tokens=sum(len(a) for a in ref.answer_ids), qa_items=len(domain.qa), mc_items=len(domain.mc),
         general_limit=limit,
     )  # fmt: skip
 
 
-def _cached_scores(path: Path, key: str) -> dict[str, float] | None:
-    if not path.exists():
-        return None
+def _cached_scores(run: RunFolder, key: str) -> dict[str, float] | None:
     try:
-        rec = json.loads(read_text_file(path))
-    except json.JSONDecodeError:
+        rec = run.read_json(f"{artifacts.DEPLOY_DIR}/{artifacts.FP32_SCORES}")
+    except InputError:
         return None  # a damaged cache is recomputed, not trusted
     return rec.get("scores") if isinstance(rec, dict) and rec.get("key") == key else None
 
@@ -210,6 +214,7 @@ def quantize_and_gate(
     general_limit: int | None = None,
     domain_limit: int = 0,
     progress: Any = None,
+    allow_remote_code: bool = False,
 ) -> GateResult:
     """Quantize a run's merged model to int8, evaluate both suites on fp32 and int8, write the verdict.
 
@@ -225,10 +230,12 @@ def quantize_and_gate(
         # quantize_dynamic copies; torchao edits in place (fp32 is scored already)
         yield "int8", quantize_int8(merged, backend, scheme), tok
 
-    sc = score_against_fp32(run_dir, build, general_limit=general_limit, domain_limit=domain_limit, progress=progress)
+    sc = score_against_fp32(
+        run_dir, build, general_limit=general_limit, domain_limit=domain_limit, progress=progress, allow_remote_code=allow_remote_code
+    )
     fp32_scores, int8_scores = sc.fp32, sc.candidates["int8"]
     passed, reasons, metric = judge_variant(
-        fp32_scores, int8_scores, budget_general_kl=sc.budget_general_kl, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
+        fp32_scores, int8_scores, budget=sc.budget, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
     )
     result = GateResult(
         backend=backend,
@@ -237,7 +244,7 @@ def quantize_and_gate(
             "kl_fp32": fp32_scores["general/kl"], "kl_int8": int8_scores["general/kl"],
             "kl_increase": int8_scores["general/kl"] - fp32_scores["general/kl"],
             "nll_fp32": fp32_scores["general/nll"], "nll_int8": int8_scores["general/nll"],
-            "budget_general_kl": sc.budget_general_kl, "prompts": sc.general_prompts, "tokens": sc.general_tokens,
+            "budget_general_kl": sc.budget.general_kl, "prompts": sc.general_prompts, "tokens": sc.general_tokens,
         },
         domain={
             "primary_metric": metric, "fp32": domain_part(fp32_scores), "int8": domain_part(int8_scores),

@@ -5,7 +5,7 @@ Variants of one run:
 * ``base``    the base model alone (the fallback that is always there);
 * ``adapter`` base + PEFT adapter, unmerged (what training produced; one extra matmul per layer);
 * ``merged``  the adapter folded into the weights (``merge_and_unload``): same outputs, base speed;
-* ``int8``    ``merged`` with its ``nn.Linear`` layers dynamically quantized to int8 for CPU serving;
+* ``int8``    ``merged`` with its ``nn.Linear`` layers quantized to int8 (weight-only by default);
 * ``nf4``     4-bit NF4 base via bitsandbytes + adapter (QLoRA-style), CUDA only.
 
 The int8 variant is rebuilt from the merged fp32 weights at load time (about a second for a 135M
@@ -18,28 +18,43 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import artifacts
 from ..errors import ForgetlessError
-from ..io import read_text_file
+from ..model_config import ModelConfig
+from ..runfolder import is_run_folder, read_run_folder
+from .int8_schemes import DEFAULT_INT8_SCHEME, INT8_SCHEMES
 
 VARIANTS = ("base", "adapter", "merged", "int8", "nf4")
 INT8_BACKENDS = ("torch", "torchao")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """What to deploy: a base model and, for a run, its adapter."""
+    """What to deploy: a base model (with the revision and remote-code setting it was trained
+    with) and, for a run, its adapter."""
 
-    base_model: str
+    model: ModelConfig
     run_dir: Path | None = None
-    dtype: str = "float32"
+
+    @property
+    def base_model(self) -> str:
+        """The base model's name, hub id or folder."""
+        return self.model.name
+
+    @property
+    def dtype(self) -> str:
+        """Weights dtype the run trained with."""
+        return self.model.dtype
+
+    def in_fp32(self) -> Target:
+        """The same target loaded in float32 (what int8 and the quality gates start from)."""
+        return replace(self, model=self.model.model_copy(update={"dtype": "float32"}))
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -56,23 +71,21 @@ class Target:
         return VARIANTS if self.run_dir is not None else ("base", "int8")
 
 
-def resolve_target(target: str, *, db_path: Path | None = None) -> Target:
-    """``registry:ALIAS``, a run folder (has ``config.resolved.yaml``), or a model name / folder."""
+def resolve_target(target: str, *, db_path: Path | None = None, allow_remote_code: bool = False) -> Target:
+    """``registry:ALIAS``, a run folder (has ``config.resolved.yaml``), or a model name / folder.
+
+    A run folder's base is loaded exactly as it was trained (revision included); one trained with
+    ``trust_remote_code`` needs ``allow_remote_code``.
+    """
     if target.startswith("registry:"):
         from ..registry import resolve_alias
 
-        return resolve_target(str(resolve_alias(target.split(":", 1)[1], db_path)))
-    p = Path(target)
-    cfg_path = p / artifacts.RESOLVED_CONFIG
-    if cfg_path.exists():
-        cfg = yaml.safe_load(read_text_file(cfg_path)) or {}
-        model = cfg.get("model") or {}
-        if not isinstance(model.get("name"), str):
-            raise ForgetlessError(f"{cfg_path}: missing model.name")
-        if not (p / artifacts.ADAPTER_DIR / "adapter_config.json").exists():
-            raise ForgetlessError(f"{p} is a run folder without a final adapter ({artifacts.ADAPTER_DIR}/adapter_config.json)")
-        return Target(base_model=model["name"], run_dir=p.resolve(), dtype=model.get("dtype") or "float32")
-    return Target(base_model=target)
+        return resolve_target(str(resolve_alias(target.split(":", 1)[1], db_path)), allow_remote_code=allow_remote_code)
+    if is_run_folder(target):
+        run = read_run_folder(target)
+        run.require_adapter()
+        return Target(run.model(allow_remote_code=allow_remote_code), run.path)
+    return Target(ModelConfig(name=target, trust_remote_code=allow_remote_code))
 
 
 def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
@@ -82,29 +95,15 @@ def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
     a = t.adapter_dir
     if a is not None and (a / "tokenizer_config.json").exists():
         return load_tokenizer(str(a))
-    return load_tokenizer(t.base_model)
-
-
-# How int8 is applied:
-#
-# * ``weight-only``         int8 weights, one scale per output row, fp32 activations, every Linear
-#                           (torch backend: forgetless.deploy.int8_weight_only);
-# * ``per-channel``         dynamic quantization: int8 weights per output row AND int8 activations;
-# * ``per-channel-fp32-head``  the same, the LM head kept in fp32;
-# * ``per-tensor``          dynamic quantization with one weight scale per matrix.
-#
-# Embeddings are never quantized (they are a lookup, not a matmul). Measured on the embedded
-# SmolLM2-135M (docs/benchmarks.md, bench/deploy_int8_schemes.py): the three dynamic schemes move
-# the general KL to base by 0.68-0.87 nats/token; weight-only by 0.004 (16 prompts).
-INT8_SCHEMES = ("weight-only", "per-channel", "per-channel-fp32-head", "per-tensor")
-DEFAULT_INT8_SCHEME = "weight-only"
+    return load_tokenizer(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
 
 
 def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME) -> PreTrainedModel:
-    """Quantize the ``nn.Linear`` layers of an fp32 model to int8 weights with dynamic int8 activations.
+    """Quantize the ``nn.Linear`` layers of an fp32 model to int8 (``scheme``: see :mod:`.int8_schemes`).
 
-    ``torch``: ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn kernels, no extra package),
-    returning a copy. ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via
+    ``torch``: ``weight-only`` swaps in :class:`~.int8_weight_only.Int8WeightOnlyLinear` (fp32
+    activations); the dynamic schemes use ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn
+    kernels, no extra package). Both return a copy. ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via
     ``torchao.quantization.quantize_`` (per-channel weights by construction), editing in place.
     ``scheme`` is one of :data:`INT8_SCHEMES`.
     """
@@ -212,13 +211,13 @@ def load_variant(
         raise ForgetlessError(f"target {t.label} has no '{variant}' variant (it has: {', '.join(t.variants())})")
     tok = tok if tok is not None else load_target_tokenizer(t)
     if variant == "nf4":
-        base = load_base_4bit(t.base_model)
+        base = load_base_4bit(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
         return _attach_adapter(base, t, tok)
     if variant == "int8" and device != "cpu":
         raise ForgetlessError("the int8 variant uses CPU kernels; bench it with --device cpu")
     # int8 always starts from fp32 weights: quantizing bf16 would stack two roundings.
     dtype = "float32" if variant == "int8" else t.dtype
-    model = load_model(t.base_model, dtype=dtype)
+    model = load_model(t.base_model, dtype=dtype, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
     if variant != "base" and t.run_dir is not None:
         model = _attach_adapter(model, t, tok)
         if variant in ("merged", "int8"):
