@@ -27,13 +27,14 @@ from .errors import ForgetlessError
 from .evaluate.domain import DomainData, load_domain
 from .evaluate.drift import GeneralReference, cached_reference, load_general_prompts
 from .evaluate.precision import resolve as resolve_precision
-from .evaluate.runner import Evaluator, eval_timing, is_noop_adapter
+from .evaluate.runner import Evaluator, eval_timing
+from .integrations.callback import ForgetlessCallback
 from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import plot_curves, print_table, write_report
 from .runinfo import data_hashes, run_info
 from .train.adapters import attach_adapter, trainable_parameters
-from .train.budget import BudgetJudge, BudgetStopCallback, Selection, select
+from .train.budget import BudgetJudge, Selection, select
 from .train.build import build_trainer
 from .train.calibrate import bake_scale, calibrate_scale, load_adapter_weights
 from .train.callbacks import MetricsRecorder, is_main_process
@@ -276,43 +277,35 @@ def train(
     cfg: RunConfig, model: torch.nn.Module, tok: Any, dataset: PackedDataset, evaluator: Evaluator, total_steps: int, every: int,
     device: str, extension: Any, resume: bool, console: Console,
 ) -> Trained:  # fmt: skip
-    """Step 0 (the base), then the Trainer with both suites and the budget at every checkpoint."""
+    """Step 0 (the base), then the Trainer with both suites and the budget at every checkpoint.
+
+    Evaluation, verdict and early stop are :class:`ForgetlessCallback`'s, the same callback users
+    add to their own trainers; on a resume it counts the evaluations before the checkpoint towards
+    patience.
+    """
     regs = build_regularizers(cfg.train, model, dataset, tok)
     with console.status("scoring the base on the general suites"):
         judge = BudgetJudge(cfg.budget, evaluator.ensure_base_scores(model))
     recorder = MetricsRecorder(cfg.run_dir / A.METRICS, cfg.run_dir / A.TENSORBOARD_DIR)
     resume_from = find_resume_point(cfg.run_dir / A.CHECKPOINTS_DIR, recorder, console) if resume else None
-    if not any(h["step"] == 0 for h in recorder.read()):
-        recorder.record_eval(evaluate_base(model, evaluator, judge, console))
-    stopper = BudgetStopCallback(cfg.train.patience)
-    if resume_from is not None:
-        stopper.restore(recorder.read())  # evaluations before the checkpoint still count towards patience
+    fl = ForgetlessCallback(evaluator=evaluator, recorder=recorder, judge=judge, budget=cfg.budget, patience=cfg.train.patience, write_outputs=False)
+    if fl.needs_base():
+        with console.status("evaluating the base model (step 0)"):
+            _, was_cached = fl.evaluate_base(model)
+        if was_cached:
+            console.print("  step 0 = the base model: evaluation read from the cache")
     trainer = build_trainer(cfg, model, tok, dataset, evaluator, recorder, total_steps=total_steps, every=every, device=device,
-                            console=console, regularizers=regs, judge=judge, extra_callbacks=[stopper],
+                            console=console, regularizers=regs, judge=judge, callback=fl,
                             token_lr=cfg.tokens.lr if extension is not None else None)  # fmt: skip
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.time() - t0
     recorder.close()
-    if stopper.stopped_at is not None:
-        console.print(f"[yellow]early stop at step {stopper.stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
+    stopped_at = fl.stopper.stopped_at
+    if stopped_at is not None:
+        console.print(f"[yellow]early stop at step {stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
     history = sorted(recorder.read(), key=lambda h: h["step"])
-    return Trained(history, stopper.stopped_at, train_s, judge, trainer.is_world_process_zero())
-
-
-def evaluate_base(model: torch.nn.Module, evaluator: Evaluator, judge: BudgetJudge, console: Console) -> dict[str, Any]:
-    """Step 0: the base itself (a fresh LoRA is an exact no-op), judged like every checkpoint.
-
-    Scored once per base, data and settings, then read from the user cache (KL is 0 by construction).
-    """
-    with console.status("evaluating the base model (step 0)"):
-        if is_noop_adapter(model):
-            ev, was_cached = evaluator.evaluate_base(model)
-            if was_cached:
-                console.print("  step 0 = the base model: evaluation read from the cache")
-        else:
-            ev = evaluator.evaluate(model, step=0)
-    return judge.judged(ev)
+    return Trained(history, stopped_at, train_s, judge, trainer.is_world_process_zero())
 
 
 def export_selection(cfg: RunConfig, model: torch.nn.Module, tok: Any, sel: Selection, extension: Any, console: Console) -> Path | None:

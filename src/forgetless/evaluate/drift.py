@@ -15,6 +15,7 @@ greedy answers; stored per position so it can be checked).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -71,7 +72,9 @@ class GeneralReference:
             "topk_logprobs": torch.cat(self.topk_logprobs).contiguous(),
         }
         meta = {"ids": json.dumps(self.ids), "categories": json.dumps(self.categories), "meta": json.dumps(self.meta)}
-        tmp = path.with_suffix(".tmp.safetensors")
+        # One temporary name per process: under torchrun every rank builds the reference and saves
+        # it to the same cache path, and a shared temporary name let one rank delete the other's.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.safetensors")
         save_file(tensors, str(tmp), metadata=meta)
         atomic_write_bytes(path, tmp.read_bytes())
         tmp.unlink()

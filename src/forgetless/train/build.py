@@ -1,8 +1,9 @@
 """The HF ``Trainer`` as forgetless configures it (the one place its arguments are set).
 
-Checkpoints every ``every`` steps, both evaluation suites and the budget with each checkpoint,
-precision from ``train.precision``, an optimizer group of its own for new token rows, and our Rich
-progress bar and metrics files instead of the Trainer's printing.
+Checkpoints every ``every`` steps, both evaluation suites and the budget with each checkpoint
+(:class:`ForgetlessCallback`, the same callback users add to their own trainers), precision from
+``train.precision``, an optimizer group of its own for new token rows, and our Rich progress bar
+and metrics files instead of the Trainer's printing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .. import artifacts as A
 from ..config import RunConfig
 from ..evaluate.precision import resolve as resolve_precision
 from ..evaluate.runner import Evaluator
+from ..integrations.callback import ForgetlessCallback
 from .budget import BudgetJudge
 from .callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback
 from .dataset import PackedCollator
@@ -29,7 +31,7 @@ def build_trainer(
     model: torch.nn.Module,
     tok: Any,
     dataset: Any,
-    evaluator: Evaluator,
+    evaluator: Evaluator | None,
     recorder: MetricsRecorder,
     *,
     total_steps: int,
@@ -40,8 +42,13 @@ def build_trainer(
     judge: BudgetJudge | None = None,
     extra_callbacks: list[Any] | None = None,
     token_lr: float | None = None,
+    callback: ForgetlessCallback | None = None,
 ) -> ForgetlessTrainer:
-    """The HF Trainer as forgetless configures it: checkpoint + both suites every ``every`` steps."""
+    """The HF Trainer as forgetless configures it: checkpoint + both suites every ``every`` steps.
+
+    ``callback``: the run's :class:`ForgetlessCallback` (made here from ``evaluator``, ``recorder``
+    and ``judge`` when not given; none when ``evaluator`` is None, e.g. for throughput benchmarks).
+    """
     t = cfg.train
     args = TrainingArguments(
         output_dir=str(cfg.run_dir / A.CHECKPOINTS_DIR),
@@ -77,16 +84,15 @@ def build_trainer(
         groups = param_groups(model, lr=t.lr, token_lr=token_lr, weight_decay=t.weight_decay)
         optimizers = (torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay), None)
     log_cb = LogCallback(recorder)
+    if callback is None and evaluator is not None:
+        callback = ForgetlessCallback(evaluator=evaluator, recorder=recorder, judge=judge, patience=t.patience, budget=cfg.budget, write_outputs=False)
     trainer = ForgetlessTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=PackedCollator(pad_id=tok.pad_token_id or 0, replay_kl_only=t.kl_to_base > 0 and not t.replay_ce),
-        evaluator=evaluator,
-        recorder=recorder,
         regularizers=regularizers,
-        judge=judge,
-        callbacks=[EvalScheduleCallback(every), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
+        callbacks=[EvalScheduleCallback(every), *([callback] if callback else []), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
         optimizers=optimizers,
     )
     # Our Rich bar and metrics files replace the Trainer's own printing.

@@ -49,13 +49,14 @@ class EvalScheduleCallback(TrainerCallback):
 
 
 class MetricsRecorder:
-    """Appends evaluation metrics to metrics.jsonl and mirrors scalars to TensorBoard.
+    """Appends evaluation metrics to metrics.jsonl and mirrors scalars to TensorBoard (``tb_dir``;
+    None: no TensorBoard of its own, as when the metrics go through a trainer's loggers).
 
     ``enabled`` defaults to :func:`is_main_process`: in a distributed launch every rank evaluates
     (so early-stop decisions agree) but only rank 0 writes, so each evaluation is one line.
     """
 
-    def __init__(self, metrics_path: Path, tb_dir: Path, *, enabled: bool | None = None) -> None:
+    def __init__(self, metrics_path: Path, tb_dir: Path | None, *, enabled: bool | None = None) -> None:
         self.metrics_path = metrics_path
         self.tb_dir = tb_dir
         self.enabled = is_main_process() if enabled is None else enabled
@@ -73,6 +74,8 @@ class MetricsRecorder:
         if not self.enabled:
             return
         append_jsonl(self.metrics_path, metrics)
+        if self.tb_dir is None:
+            return
         w = self._tb()
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and k != "step" and math.isfinite(float(v)):
@@ -81,7 +84,7 @@ class MetricsRecorder:
 
     def record_train(self, step: int, logs: dict[str, float]) -> None:
         """Mirror the Trainer's training logs (loss, lr, grad norm, regularizer terms)."""
-        if not self.enabled:
+        if not self.enabled or self.tb_dir is None:
             return
         w = self._tb()
         for k, v in logs.items():
@@ -135,6 +138,8 @@ class LogCallback(TrainerCallback):
         self.last: dict[str, float] = {}
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict | None = None, **kw: Any) -> None:
+        if logs and any(k.startswith("eval_") for k in logs):
+            return  # an evaluation's line: record_eval mirrors those scalars under their own names
         if logs and state.is_world_process_zero:
             self.last.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             self.recorder.record_train(state.global_step, logs)

@@ -120,29 +120,35 @@ class PackedCollator:
         return out
 
 
-def mix_replay(domain: list[Tokenized], replay: list[Tokenized], ratio: float, *, seed: int = 0) -> list[Tokenized]:
-    """Domain items plus replay items making up ``ratio`` of all tokens.
+def draw_replay(domain_size: int, replay_sizes: list[int], ratio: float, *, seed: int = 0) -> list[int]:
+    """Indices into the replay pool whose sizes make up ``ratio`` of domain + replay.
 
-    Replay items are drawn in a seeded shuffled order, cycling if the pool is smaller than the
-    target, so the ratio holds whatever the pool size.
+    Drawn in a seeded shuffled order, cycling if the pool is smaller than the target, so the
+    ratio holds whatever the pool size. Sizes are tokens (or rows, when every size is 1).
     """
-    if ratio <= 0 or not replay:
-        return list(domain)
+    if ratio <= 0 or not replay_sizes:
+        return []
     import random
 
-    target = ratio / (1 - ratio) * sum(len(t.input_ids) for t in domain)
-    order = list(range(len(replay)))
+    target = ratio / (1 - ratio) * domain_size
+    order = list(range(len(replay_sizes)))
     rng = random.Random(seed)
-    chosen: list[Tokenized] = []
+    chosen: list[int] = []
     have = 0
     while have < target:
         rng.shuffle(order)
         for i in order:
             if have >= target:
                 break
-            chosen.append(replay[i])
-            have += len(replay[i].input_ids)
-    return list(domain) + chosen
+            chosen.append(i)
+            have += replay_sizes[i]
+    return chosen
+
+
+def mix_replay(domain: list[Tokenized], replay: list[Tokenized], ratio: float, *, seed: int = 0) -> list[Tokenized]:
+    """Domain items plus replay items making up ``ratio`` of all tokens (see :func:`draw_replay`)."""
+    idx = draw_replay(sum(len(t.input_ids) for t in domain), [len(t.input_ids) for t in replay], ratio, seed=seed)
+    return list(domain) + [replay[i] for i in idx]
 
 
 def build_dataset(

@@ -105,29 +105,39 @@ class Regularizers:
         """True if any term has a non-zero weight."""
         return bool(self.kl_weight or self.l2sp_weight or self.ewc_weight)
 
-    def kl_term(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor, replay: torch.Tensor) -> torch.Tensor | None:
-        """KL(base || tuned) on the replay rows of the batch (None if the batch has none)."""
+    def kl_term(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor | None, replay: torch.Tensor) -> torch.Tensor | None:
+        """KL(base || tuned) on the replay rows of the batch (None if the batch has none).
+
+        ``tuned_logits``: the tuned model's logits for the whole batch, or None to compute them here
+        (with gradients) on the replay rows only, for trainers whose loss never builds logits.
+        """
         if not self.kl_weight or replay is None or not bool(replay.any()):
             return None
         total, n = self.kl_sum(model, inputs, tuned_logits, replay)
         return total / n.clamp_min(1.0)
 
-    def kl_sum(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor, replay: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(summed KL(base || tuned), labelled positions)`` on the batch's replay rows (zeros if none)."""
+    def kl_sum(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor | None, replay: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(summed KL(base || tuned), labelled positions)`` on the batch's replay rows (zeros if none).
+
+        The rows are fed with whichever of ``position_ids`` (packed rows) and ``attention_mask``
+        (padded rows) the batch has, exactly as the training forward saw them.
+        """
         if replay is None or not bool(replay.any()):
-            zero = tuned_logits.new_zeros((), dtype=torch.float32)
+            zero = inputs["input_ids"].new_zeros((), dtype=torch.float32)
             return zero, zero.clone()
         rows = replay.nonzero(as_tuple=True)[0]
-        ids, pos, labels = inputs["input_ids"][rows], inputs["position_ids"][rows], inputs["labels"][rows]
+        fwd = {k: inputs[k][rows] for k in ("input_ids", "position_ids", "attention_mask") if inputs.get(k) is not None}
+        labels = inputs["labels"][rows]
         with torch.no_grad():
             if self.peft:
                 with adapter_off(model):
-                    base = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+                    base = model(**fwd, use_cache=False).logits
             else:
-                base = self.base_copy(input_ids=ids, position_ids=pos, use_cache=False).logits  # type: ignore[misc]
+                base = self.base_copy(**fwd, use_cache=False).logits  # type: ignore[misc]
+        tuned = model(**fwd, use_cache=False).logits if tuned_logits is None else tuned_logits[rows]
         # Logits at t predict token t+1: compare where the next token is a labelled (answer) token.
         mask = labels[:, 1:] != -100
-        return kl_base_tuned_sum(base[:, :-1], tuned_logits[rows][:, :-1], mask)
+        return kl_base_tuned_sum(base[:, :-1], tuned[:, :-1], mask)
 
     def l2sp_term(self, model: torch.nn.Module) -> torch.Tensor | None:
         """Squared distance of the trainable weights (or LoRA's effective update) to the start."""

@@ -1,0 +1,249 @@
+"""The forgetting controls as a mixin for any ``transformers.Trainer`` subclass (TRL's included).
+
+``forgetless_trainer(SFTTrainer)`` (or ``class MyTrainer(ForgetlessLossMixin, Trainer)``) gives a
+trainer whose loss is the trainer's own loss plus the weighted KL-to-base, L2-SP and EWC terms,
+each logged on its own as ``reg/<term>``. Nothing of the trainer is copied: the optimizer, the
+schedule, accumulation, precision and checkpointing stay the parent's. forgetless' own pipeline
+trainer is this mixin on ``transformers.Trainer``.
+
+Replay rows are the rows with ``replay: True`` in the training dataset (see
+:func:`forgetless.integrations.mix_replay`); the KL term acts on them only.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..train.dataset import IGNORE, PackedCollator
+from ..train.regularizers import Regularizers, global_token_mean
+
+REPLAY = "replay"  # the dataset column that marks replay rows
+
+
+class ReplayCollator:
+    """Wraps a data collator: takes the ``replay`` flag off each example, collates the rest, and
+    adds it back as a boolean ``replay`` tensor (one per row).
+
+    ``kl_only``: replay rows' labels move to ``kl_labels`` and leave ``labels``, so the language-model
+    loss covers domain rows only and the KL-to-base term alone trains replay rows, as in
+    ``forgetless run`` (``train.replay_ce: false``).
+    """
+
+    def __init__(self, inner: Any, *, kl_only: bool) -> None:
+        self.inner = inner
+        self.kl_only = kl_only
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        flags = []
+        rest = []
+        for ex in examples:
+            ex = dict(ex)
+            flag = ex.pop(REPLAY, False)  # evaluation sets have no replay rows
+            if isinstance(flag, (list, tuple)):
+                raise ValueError("a training row holds several examples' replay flags (packed rows): turn packing off for replay KL")
+            flags.append(bool(flag))
+            rest.append(ex)
+        batch = self.inner(rest)
+        replay = torch.tensor(flags)
+        if batch["input_ids"].shape[0] != len(flags):
+            raise ValueError("the collator merged rows (padding-free batches): replay KL needs one example per row")
+        batch[REPLAY] = replay
+        if self.kl_only:
+            batch["kl_labels"] = torch.where(replay[:, None], batch["labels"], IGNORE)
+            batch["labels"] = torch.where(replay[:, None], IGNORE, batch["labels"])
+        return batch
+
+
+class ForgetlessLossMixin:
+    """Adds forgetless' regularizer terms to a Trainer's loss. Put it first in the bases.
+
+    Keyword arguments (taken off before the parent trainer sees them):
+
+    - ``kl_to_base``: weight of KL(base || tuned) on replay rows (base = adapter disabled for PEFT
+      models, a frozen copy of the starting weights otherwise).
+    - ``l2sp``: weight of the squared size of the update (LoRA: ||s B A||^2).
+    - ``ewc``: weight of the Fisher-weighted squared update; needs ``fisher``
+      (:func:`forgetless.train.regularizers.estimate_fisher` on general data).
+    - ``replay_ce``: also train replay rows with cross-entropy (default off when ``kl_to_base`` > 0).
+    - ``regularizers``: a ready :class:`Regularizers` instead of the weights above.
+
+    Terms are added when gradients are on (training), not to evaluation losses.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        kl_to_base: float = 0.0,
+        l2sp: float = 0.0,
+        ewc: float = 0.0,
+        fisher: dict[str, torch.Tensor] | None = None,
+        replay_ce: bool = False,
+        regularizers: Regularizers | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers)
+
+    def _init_forgetless(
+        self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None
+    ) -> None:
+        if regularizers is None and (kl_to_base or l2sp or ewc):
+            # After the parent's init: TRL wraps the model in PEFT there, and the terms need the final model.
+            regularizers = Regularizers(self.model, kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher)  # type: ignore[attr-defined]
+        self.regularizers = regularizers if regularizers is not None and regularizers.active else None
+        self._terms: dict[str, list[float]] = {}
+        for cb in self.callback_handler.callbacks:  # type: ignore[attr-defined]
+            self._bind(cb)
+        if self.regularizers is not None and self.regularizers.kl_weight and not isinstance(self.data_collator, PackedCollator):  # type: ignore[attr-defined]
+            # forgetless' own collator handles the replay flag itself; any other one is wrapped.
+            self.data_collator = ReplayCollator(self.data_collator, kl_only=not replay_ce)  # type: ignore[attr-defined,has-type]
+
+    def _bind(self, callback: Any) -> None:
+        from .callback import ForgetlessCallback
+
+        if isinstance(callback, ForgetlessCallback) and callback.trainer is None:
+            callback.bind(self)  # type: ignore[arg-type]
+
+    def add_callback(self, callback: Any) -> None:
+        """The parent's ``add_callback``; a :class:`ForgetlessCallback` is bound to this trainer."""
+        super().add_callback(callback)  # type: ignore[misc]
+        self._bind(callback)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The Trainer drops dataset columns the model's forward does not take: keep the replay flag.
+        super()._set_signature_columns_if_needed()  # type: ignore[misc]
+        cols = self._signature_columns  # type: ignore[attr-defined]
+        if REPLAY not in cols:
+            self._signature_columns = [*cols, REPLAY]
+
+    def get_train_dataloader(self) -> Any:
+        """The parent's, after checking that the replay flag reached the training set."""
+        cols = getattr(self.train_dataset, "column_names", None)  # type: ignore[attr-defined]
+        if isinstance(self.data_collator, ReplayCollator) and cols is not None and REPLAY not in cols:  # type: ignore[attr-defined]
+            raise ValueError(
+                "kl_to_base needs replay rows, but the training dataset has no 'replay' column: mix replay data in with "
+                "forgetless.integrations.mix_replay(...), and keep the column (TRL drops it when packing: packing=False)"
+            )
+        return super().get_train_dataloader()  # type: ignore[misc]
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None):  # noqa: ANN201
+        """The parent's loss on labelled tokens plus the weighted regularizer terms."""
+        inputs = dict(inputs)
+        replay = inputs.pop(REPLAY, None)
+        kl_labels = inputs.pop("kl_labels", None)  # replay rows' labels, when they are trained by KL only
+        # Without this, Llama-style models build a KV cache even in training, and transformers then
+        # skips detecting packed sequences from position_ids: packed examples would attend to each
+        # other (measured: logits off by up to 0.16 on a tiny model). No cache -> block-diagonal mask.
+        inputs["use_cache"] = False
+        regs = self.regularizers
+        parent = super().compute_loss  # type: ignore[misc]
+        if regs is None or not torch.is_grad_enabled():
+            return parent(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        has_lm = bool((inputs["labels"] != IGNORE).any())
+        logits = None
+        if has_lm:
+            # Only a trainer whose outputs carry logits with gradients (the plain Trainer) is asked for
+            # them; others (TRL's fused LM head) would recompute them without gradients.
+            want = return_outputs or self._outputs_have_logits
+            out = parent(model, inputs, return_outputs=want, num_items_in_batch=num_items_in_batch)
+            loss, outputs = out if want else (out, None)
+            cand = getattr(outputs, "logits", None) if outputs is not None else None
+            logits = cand if cand is not None and cand.requires_grad else None
+        else:
+            # A batch of replay rows only, trained by KL alone: no language-model tokens (a mean
+            # over none would be NaN), but the forward pass is still needed for the KL term.
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            logits = outputs.logits
+            loss = logits.sum() * 0.0
+        kl_inputs = {**inputs, "labels": kl_labels} if kl_labels is not None else inputs
+        # When the LM loss is normalised by the tokens of the whole accumulated batch, the Trainer
+        # no longer divides by the accumulation steps: do it for our terms, which are per micro-batch.
+        scaled = self.loss_is_scaled_for_ga if getattr(self, "loss_is_scaled_for_ga", None) is not None else (self.model_accepts_loss_kwargs and num_items_in_batch is not None)  # type: ignore[attr-defined]
+        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)  # type: ignore[attr-defined]
+        per_micro = 1.0 / ga if scaled else 1.0
+        if has_lm:
+            self._note("lm_loss", loss)
+        for name, weight, term in (
+            # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
+            # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
+            ("kl_to_base", regs.kl_weight, self._kl_to_base(model, kl_inputs, logits, replay) if regs.kl_weight else None),
+            ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
+            ("ewc", regs.ewc_weight, regs.ewc_term(model)),
+        ):
+            if term is not None:
+                self._note(name, term)
+                loss = loss + per_micro * weight * term
+        return (loss, outputs) if return_outputs else loss
+
+    @property
+    def _outputs_have_logits(self) -> bool:
+        # TRL's trainers compute their loss through a fused LM head and warn (and re-run the
+        # forward without gradients) when asked for outputs; the plain Trainer returns its logits.
+        return not any(c.__module__.startswith("trl.") and "compute_loss" in vars(c) for c in type(self).__mro__)
+
+    def _kl_to_base(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor | None, replay: torch.Tensor | None) -> torch.Tensor | None:
+        """KL to the base on the replay rows, as a mean over every rank's replay tokens."""
+        regs = self.regularizers
+        assert regs is not None
+        bare = self.accelerator.unwrap_model(model)  # type: ignore[attr-defined]
+        world = self.accelerator.num_processes  # type: ignore[attr-defined]
+        if world == 1:
+            return regs.kl_term(bare, inputs, logits, replay)  # type: ignore[arg-type]
+        total, n = regs.kl_sum(bare, inputs, logits, replay)
+        return global_token_mean(total, n, world, lambda t: self.accelerator.reduce(t, reduction="sum"))  # type: ignore[attr-defined]
+
+    def _note(self, name: str, value: torch.Tensor) -> None:
+        self._terms.setdefault(name, []).append(float(value.detach()))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean of each regularizer term since the last log (e.g. ``reg/kl_to_base``)."""
+        if "loss" in logs:
+            for name, vals in self._terms.items():
+                if vals:
+                    logs[f"reg/{name}"] = sum(vals) / len(vals)
+            self._terms = {}
+        super().log(logs, start_time)  # type: ignore[misc]
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The parent's evaluation; without any evaluation dataset, only the callbacks' (forgetless'
+        dual evaluation runs in :class:`ForgetlessCallback`'s ``on_evaluate``)."""
+        if eval_dataset is None and getattr(self, "eval_dataset", None) is None:
+            metrics: dict[str, float] = {}
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)  # type: ignore[attr-defined]
+            return metrics
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # type: ignore[misc]
+
+
+@lru_cache(maxsize=None)
+def forgetless_trainer(trainer_cls: type) -> type:
+    """``trainer_cls`` with :class:`ForgetlessLossMixin` first: ``forgetless_trainer(SFTTrainer)``.
+
+    The same class is returned for the same parent, so checkpoints and pickles see one name.
+    """
+    return type(f"Forgetless{trainer_cls.__name__}", (ForgetlessLossMixin, trainer_cls), {"__module__": __name__})
+
+
+def add_forgetting_controls(
+    trainer: Any,
+    *,
+    kl_to_base: float = 0.0,
+    l2sp: float = 0.0,
+    ewc: float = 0.0,
+    fisher: dict[str, torch.Tensor] | None = None,
+    replay_ce: bool = False,
+    regularizers: Regularizers | None = None,
+) -> Any:
+    """Give a trainer that something else built the :class:`ForgetlessLossMixin` terms, in place.
+
+    For frameworks that construct the trainer themselves (an Axolotl plugin's
+    ``post_trainer_create``): the instance's class becomes ``forgetless_trainer(type(trainer))``,
+    so its ``compute_loss`` adds the weighted terms; nothing else of the trainer changes.
+    Returns the trainer. Call it before ``train()``.
+    """
+    if not isinstance(trainer, ForgetlessLossMixin):
+        trainer.__class__ = forgetless_trainer(type(trainer))
+    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers)
+    return trainer
