@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="torch,torchao")
+    ap.add_argument("--schemes", default="per-channel", help="int8 schemes (forgetless.deploy.variants.INT8_SCHEMES), comma-separated")
     ap.add_argument("--json", default=None, help="also write the rows here")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -55,11 +56,11 @@ def main() -> None:
         fp32 = load_model(a.model)
         label = a.model
     models = {"fp32": fp32}
-    for b in a.backends.split(","):
+    for b, sch in [(b, sch) for b in a.backends.split(",") for sch in a.schemes.split(",")]:
         try:
-            models[f"int8-{b}"] = quantize_int8(copy.deepcopy(fp32), b)
+            models[f"int8-{b}-{sch}"] = quantize_int8(copy.deepcopy(fp32), b, sch)
         except Exception as e:  # noqa: BLE001 - a missing optional backend is reported, not fatal
-            print(f"# backend {b} unavailable: {e}", file=sys.stderr)
+            print(f"# backend {b} ({sch}) unavailable: {e}", file=sys.stderr)
     prompts = [chat_prompt_ids(tok, p) for p in PROMPTS]
     rows = []
     print(f"# {label}, {a.new_tokens} new tokens, median of {a.repeats}, torch {torch.__version__}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from forgetless.budget import BudgetConfig, Violation, judge
-from forgetless.deploy.quantize import judge_int8
+from forgetless.deploy.quantize import judge_variant
 from forgetless.evaluate.stats import make_score
 from forgetless.registry.lineage import judge_suites
 from forgetless.train.budget import select
@@ -82,5 +82,5 @@ def test_registry_selection_and_quantize_gate_agree(budget: BudgetConfig, metric
     # Quantize gate with a tolerance that cannot fire: the run's budget alone decides.
     int8 = {"general/kl": metrics.get("general/kl", 0.0), "domain/qa_recall": 0.5, **metrics}
     if "general/kl" in metrics:  # the gate always measures KL itself
-        passed, _, _ = judge_int8({"general/kl": 0.0, "domain/qa_recall": 0.5}, int8, budget=budget, max_kl_increase=10.0, max_domain_drop=0.02)
+        passed, _, _ = judge_variant({"general/kl": 0.0, "domain/qa_recall": 0.5}, int8, budget=budget, max_kl_increase=10.0, max_domain_drop=0.02)
         assert passed == (state != "outside")

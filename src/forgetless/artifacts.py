@@ -62,3 +62,11 @@ TOKENS_EXPORT_README = "README.md"
 
 # --- `forgetless eval` (the evaluate suites) ----------------------------------------------------
 EVAL_JSON = "eval.json"  # written into --out: every model's scores (value, n, 95% CI) and deltas
+
+# --- deploy: GGUF export and distillation (inside DEPLOY_DIR) -----------------------------------
+FP32_SCORES = "fp32_scores.json"  # both suites on the fp32 merged model, reused by every variant's gate
+GGUF_DIR = "gguf"  # `forgetless export RUN --format gguf`: model-<type>.gguf files + gguf_info.json
+GGUF_FILE = "model-{ftype}.gguf"  # one file per GGUF type (f16, q8_0, q4_0)
+GGUF_INFO = "gguf_info.json"  # per file: its hash and the quality gate's verdict against fp32
+DISTILL_INFO = "distill.json"  # in a student's run folder: the teacher run and the distilled data
+DISTILL_DATA_DIR = "distill"  # in a student's run folder: the teacher's answers used as training data

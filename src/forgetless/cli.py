@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .curate import cli as curate_cli
+from . import distill
 from .deploy import cli as deploy_cli
 from .errors import ForgetlessError
 from .evaluate import cli as evaluate_cli
@@ -72,7 +73,10 @@ def demo(
 
 
 # Each stage owns its commands in its own cli module; this table is the whole list.
-STAGE_COMMANDS = (registry_cli.register, curate_cli.register, tokens_cli.register, deploy_cli.register, evaluate_cli.register, serve_cli.register)
+STAGE_COMMANDS = (
+    registry_cli.register, curate_cli.register, tokens_cli.register, deploy_cli.register,
+    evaluate_cli.register, serve_cli.register, distill.register,
+)
 for _register in STAGE_COMMANDS:
     _register(app)
 

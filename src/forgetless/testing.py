@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
@@ -41,6 +41,28 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
+def tiny_bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (the GPT-2 / SmolLM2 kind) trained in code on :data:`WORDS`.
+
+    Same chat template and chat markers as :func:`tiny_tokenizer`; what GGUF export needs, since
+    llama.cpp has no word-level tokenizer.
+    """
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    # Every word with and without its leading space, so each becomes one token where the vocabulary allows.
+    tk.train_from_iterator([" ".join(WORDS), "\n".join(WORDS)] * 4, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
 def tiny_model(vocab_size: int | None = None, *, seed: int = 0, layers: int = 2) -> LlamaForCausalLM:
     """A 2-layer Llama with tied embeddings (like SmolLM2), randomly initialised with ``seed``."""
     torch.manual_seed(seed)
@@ -60,10 +82,13 @@ def tiny_model(vocab_size: int | None = None, *, seed: int = 0, layers: int = 2)
     return LlamaForCausalLM(cfg).eval()
 
 
-def save_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny model + tokenizer folder that ``forgetless.models.load_model`` accepts as a local path."""
+def save_tiny_model(folder: str | Path, *, seed: int = 0, bpe: bool = False) -> Path:
+    """Write a tiny model + tokenizer folder that ``forgetless.models.load_model`` accepts as a local path.
+
+    ``bpe``: a byte-level BPE tokenizer (:func:`tiny_bpe_tokenizer`) instead of the word-level one.
+    """
     folder = Path(folder)
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer() if bpe else tiny_tokenizer()
     model = tiny_model(len(tok), seed=seed)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from forgetless import artifacts
-from forgetless.deploy.quantize import check_int8_gate, judge_int8, quant_info_path, quantize_and_gate
+from forgetless.deploy.int8_weight_only import Int8WeightOnlyLinear
+from forgetless.deploy.quantize import check_int8_gate, judge_variant, quant_info_path, quantize_and_gate
 from forgetless.deploy.variants import load_base_4bit, load_variant, nf4_available, quantize_int8, resolve_target
 from forgetless.errors import ForgetlessError
 from forgetless.budget import PRIMARY_DOMAIN, BudgetConfig
@@ -22,17 +23,19 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(artifacts.CACHE_ENV, str(tmp_path / "cache"))
 
 
-def test_judge_int8_hand_worked() -> None:
+def test_judge_variant_hand_worked() -> None:
     fp32 = {"general/kl": 0.020, "domain/mc_acc": 0.50}
     ok = {"general/kl": 0.025, "domain/mc_acc": 0.49}
-    assert judge_int8(fp32, ok, budget=BudgetConfig(general_kl=0.05), max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
+    assert judge_variant(fp32, ok, budget=BudgetConfig(general_kl=0.05), max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
     # KL up by 0.015 > 0.01, and over the 0.03 budget; accuracy down by 0.05 > 0.02: three reasons.
     bad = {"general/kl": 0.035, "domain/mc_acc": 0.45}
-    passed, why, _ = judge_int8(fp32, bad, budget=BudgetConfig(general_kl=0.03), max_kl_increase=0.01, max_domain_drop=0.02)
+    passed, why, _ = judge_variant(fp32, bad, budget=BudgetConfig(general_kl=0.03), max_kl_increase=0.01, max_domain_drop=0.02)
     assert not passed and len(why) == 3
     # Perplexity only: the drop limit is relative (2% of 10.0 = 0.2); 10.1 passes, 10.3 fails.
-    assert judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget=BudgetConfig(), max_kl_increase=0.01, max_domain_drop=0.02)[0]
-    assert not judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget=BudgetConfig(), max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert judge_variant({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget=BudgetConfig(), max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert not judge_variant({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget=BudgetConfig(), max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    with pytest.raises(ForgetlessError, match="limits must be >= 0"):
+        judge_variant(fp32, ok, budget=BudgetConfig(), max_kl_increase=-1.0, max_domain_drop=0.02)
 
 
 def test_quantize_int8_replaces_linears_and_stays_close() -> None:
@@ -40,12 +43,37 @@ def test_quantize_int8_replaces_linears_and_stays_close() -> None:
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         ref = model(ids).logits
-        q = quantize_int8(model, "torch")
+        q = quantize_int8(model, "torch", "per-channel")
         got = q(ids).logits
     kinds = {type(m).__module__ + "." + type(m).__name__ for m in q.modules() if "Linear" in type(m).__name__}
     assert kinds and all("quantized" in k for k in kinds), kinds
     assert q.lm_head is not model.lm_head  # quantize_dynamic copies: the fp32 model is untouched
     assert torch.allclose(got, ref, atol=0.05), (got - ref).abs().max()
+
+
+def test_weight_only_linear_hand_worked() -> None:
+    lin = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.27, -0.64], [0.254, 0.128]]))
+    q = Int8WeightOnlyLinear(lin)
+    # Row scales: 1.27/127 = 0.01 and 0.254/127 = 0.002; the weights are exact multiples of them.
+    assert q.qweight.tolist() == [[127, -64], [127, 64]]
+    assert torch.allclose(q.scale, torch.tensor([0.01, 0.002]))
+    got = q(torch.tensor([[[1.0, 1.0]]]))
+    assert got.shape == (1, 1, 2) and torch.allclose(got, torch.tensor([[[0.63, 0.382]]]), atol=1e-5)
+
+
+def test_weight_only_is_the_default_and_stays_close() -> None:
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        q = quantize_int8(model)
+        got = q(ids).logits
+    assert all(type(m) is not torch.nn.Linear for m in q.modules())
+    assert any(isinstance(m, Int8WeightOnlyLinear) for m in q.modules())
+    assert any(type(m) is torch.nn.Linear for m in model.modules())  # the fp32 model is untouched
+    assert torch.allclose(got, ref, atol=0.01), (got - ref).abs().max()
 
 
 def test_unknown_backend_rejected() -> None:

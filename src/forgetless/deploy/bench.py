@@ -32,6 +32,7 @@ import torch
 from .. import artifacts
 from ..errors import ForgetlessError
 from ..io import atomic_write_json
+from .int8_schemes import BENCH_INT8_SCHEME
 
 # Prompts of mixed length and topic: latency depends on prompt length, not content, but a real mix
 # keeps the prefill share honest. Request i uses prompt i mod len(PROMPTS).
@@ -59,6 +60,7 @@ class BenchSpec:
     device: str = "cpu"
     threads: int = 0
     int8_backend: str = "torch"
+    int8_scheme: str = BENCH_INT8_SCHEME
     trust_remote_code: bool = False  # run the model's own code: only for a run trained with it, when the user allows it
 
 
@@ -135,7 +137,7 @@ def run_worker(spec: BenchSpec) -> dict[str, Any]:
     if spec.device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model = load_variant(t, spec.variant, device=spec.device, int8_backend=spec.int8_backend, tok=tok)
+    model = load_variant(t, spec.variant, device=spec.device, int8_backend=spec.int8_backend, int8_scheme=spec.int8_scheme, tok=tok)
     load_s = time.perf_counter() - t0
     prompts = [chat_prompt_ids(tok, p) for p in PROMPTS]
     # Warm-up: the first generate pays one-off costs (kernel selection, allocator growth).
@@ -159,6 +161,7 @@ def run_worker(spec: BenchSpec) -> dict[str, Any]:
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if spec.variant == "int8":
         res["int8_backend"] = spec.int8_backend
+        res["int8_scheme"] = spec.int8_scheme
     return res
 
 
@@ -172,6 +175,7 @@ def run_bench(
     device: str,
     threads: int = 0,
     int8_backend: str = "torch",
+    int8_scheme: str = BENCH_INT8_SCHEME,
     timeout_s: float = 1800,
     on_variant: Any = None,
     trust_remote_code: bool = False,
@@ -196,7 +200,9 @@ def run_bench(
         if skip:
             results.append({"variant": v, "skipped": skip})
         else:
-            spec = BenchSpec(str(t.run_dir or t.base_model), v, concurrency, max_new_tokens, repeats, device, threads, int8_backend, trust_remote_code)
+            spec = BenchSpec(
+                str(t.run_dir or t.base_model), v, concurrency, max_new_tokens, repeats, device, threads, int8_backend, int8_scheme, trust_remote_code
+            )
             proc = subprocess.run(
                 [sys.executable, "-m", "forgetless.deploy.bench", json.dumps(spec.__dict__)],
                 capture_output=True, text=True, timeout=timeout_s,

@@ -12,6 +12,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from ..errors import ForgetlessError
+from .int8_schemes import BENCH_INT8_SCHEME, DEFAULT_INT8_SCHEME, INT8_SCHEMES
+
+SCHEMES_HELP = ", ".join(INT8_SCHEMES)
 
 out = Console()
 err = Console(stderr=True)
@@ -67,6 +70,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
         threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")] = 0,
         int8_backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
+        int8_scheme: Annotated[str, typer.Option(help=f"int8 scheme timed: {SCHEMES_HELP} (default: the fast dynamic one; `quantize` gates weight-only).")] = BENCH_INT8_SCHEME,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results here (default: <run>/deploy/bench.json).")] = None,
         trust_remote_code: TrustOpt = False,
     ) -> None:
@@ -90,7 +94,8 @@ def register(app: typer.Typer) -> None:
 
             res = run_bench(
                 target, names, concurrency=conc, max_new_tokens=max_new_tokens, repeats=repeats,
-                device=device, threads=threads, int8_backend=int8_backend, on_variant=done, trust_remote_code=trust_remote_code,
+                device=device, threads=threads, int8_backend=int8_backend, int8_scheme=int8_scheme, on_variant=done,
+                trust_remote_code=trust_remote_code,
             )
         path = json_out or default_bench_path(res["target"])
         if path is not None:
@@ -105,6 +110,7 @@ def register(app: typer.Typer) -> None:
     def quantize(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
         backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
+        scheme: Annotated[str, typer.Option(help=f"int8 scheme gated: {SCHEMES_HELP} (default: weight-only, int8 weights and fp32 activations, the one that passes).")] = DEFAULT_INT8_SCHEME,
         max_kl_increase: Annotated[float, typer.Option(min=0, help="Most the general KL to base may rise over fp32 (nats/token).")] = 0.01,
         max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
         general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
@@ -117,11 +123,11 @@ def register(app: typer.Typer) -> None:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as prog:
             task = prog.add_task("loading", total=None)
             res = quantize_and_gate(
-                run_dir, backend=backend, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
+                run_dir, backend=backend, scheme=scheme, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
                 general_limit=general_limit, domain_limit=domain_limit, allow_remote_code=trust_remote_code,
                 progress=lambda d: prog.update(task, description=d),
             )  # fmt: skip
-        t = Table(title=f"int8 ({backend}) vs fp32: {run_dir}")
+        t = Table(title=f"int8 ({backend}, {scheme}) vs fp32: {run_dir}")
         for c in ("metric", "fp32", "int8", "change"):
             t.add_column(c, justify="left" if c == "metric" else "right")
         g = res.general
@@ -135,6 +141,54 @@ def register(app: typer.Typer) -> None:
         if not res.passed:
             raise ForgetlessError("int8 refused by the quality gate:\n  " + "\n  ".join(res.reasons))
         out.print("[green]int8 passes the quality gate[/]")
+
+    @app.command()
+    def export(
+        run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
+        fmt: Annotated[str, typer.Option("--format", help="Output format (gguf: llama.cpp / Ollama).")] = "gguf",
+        types: Annotated[str, typer.Option(help="Comma-separated GGUF types: f16, q8_0, q4_0.")] = "f16,q8_0,q4_0",
+        max_kl_increase: Annotated[float, typer.Option(min=0, help="Most the general KL to base may rise over fp32 (nats/token).")] = 0.01,
+        max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
+        general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
+        domain_limit: Annotated[int, typer.Option(min=0, help="Domain QA/MC items to use (0: all).")] = 0,
+        trust_remote_code: TrustOpt = False,
+    ) -> None:
+        """Write the merged model (adapter at its selected scale) as GGUF files, each gated against fp32; exit 2 if any is refused."""
+        from .export import export_gguf, gguf_dir, gguf_info_path
+
+        if fmt != "gguf":
+            raise ForgetlessError(f"--format: unknown format {fmt!r} (supported: gguf)")
+        names = [x.strip() for x in types.split(",") if x.strip()]
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as prog:
+            task = prog.add_task("loading", total=None)
+            info = export_gguf(
+                run_dir, names, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
+                general_limit=general_limit, domain_limit=domain_limit, progress=lambda d: prog.update(task, description=d),
+                allow_remote_code=trust_remote_code,
+            )  # fmt: skip
+        metric = next((f["primary_metric"] for f in info["files"].values() if f.get("primary_metric")), None)
+        t = Table(title=f"GGUF vs fp32: {run_dir}")
+        for c in ("file", "MB", "general/kl", "KL increase", metric or "domain", "gate"):
+            t.add_column(c, justify="left" if c in ("file", "gate") else "right")
+
+        def dom(d: dict) -> str:
+            return f"{d[metric]:.4f}" if metric in d else "-"
+
+        t.add_row("fp32 (merged)", "", f"{info['fp32']['general']['kl']:.4f}", "", dom(info["fp32"]["domain"]), "")
+        refused = []
+        for ft in names:
+            f = info["files"][ft]
+            t.add_row(
+                f["file"], f"{f['bytes'] / 2**20:.1f}", f"{f['general']['kl']:.4f}", f"{f['general']['kl_increase']:+.4f}",
+                dom(f["domain"]), f["verdict"],
+            )  # fmt: skip
+            if f["verdict"] != "pass":
+                refused.append(f"{ft}: " + "; ".join(f["reasons"]))
+        out.print(t)
+        out.print(f"files in {gguf_dir(Path(run_dir).resolve())}; verdicts in {gguf_info_path(Path(run_dir).resolve()).name}")
+        if refused:
+            raise ForgetlessError("refused by the quality gate:\n  " + "\n  ".join(refused))
+        out.print("[green]every GGUF file passes the quality gate[/]")
 
     @app.command("html-report")
     def html_report(

@@ -1,7 +1,8 @@
 """int8 quantization of a run's merged model, with a quality gate on both suites.
 
-The gate runs the same two suites the training stage runs, on the fp32 merged model and on its
-int8 copy, and refuses the int8 artifact when
+The gate runs the same two suites the training stage runs, on the fp32 merged model and on a
+deployment variant built from it (int8 here; GGUF files in :mod:`forgetless.deploy.export`), and
+refuses the variant when (:func:`judge_variant`, the one gate decision)
 
 * general: ``KL(base || int8)`` rises above ``KL(base || fp32)`` by more than ``max_kl_increase``
   (default 0.01 nats/token), or exceeds the run's forgetting budget ``budget.general_kl``;
@@ -26,11 +27,12 @@ import torch
 
 from .. import artifacts
 from ..budget import PRIMARY_DOMAIN, BudgetConfig, judge, lower_is_better
-from ..errors import ForgetlessError
+from ..errors import ForgetlessError, InputError
+from ..hashing import sha256_json
 from ..io import atomic_write_json, read_text_file
 from ..registry.lineage import adapter_hash
-from ..runfolder import read_run_folder
-from .variants import Target, load_target_tokenizer, load_variant, quantize_int8
+from ..runfolder import RunFolder, read_run_folder
+from .variants import DEFAULT_INT8_SCHEME, Target, load_target_tokenizer, load_variant, quantize_int8
 
 
 @dataclass
@@ -45,6 +47,7 @@ class GateResult:
     reasons: list[str] = field(default_factory=list)
     seconds: float = 0.0
     limits: dict[str, Any] = field(default_factory=dict)
+    scheme: str = DEFAULT_INT8_SCHEME
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON)."""
@@ -62,61 +65,78 @@ def _primary(scores: dict[str, float]) -> str | None:
     return next((m for m in (*PRIMARY_DOMAIN, "domain/ppl") if m in scores), None)
 
 
-def judge_int8(
+def judge_variant(
     fp32: dict[str, float],
-    int8: dict[str, float],
+    candidate: dict[str, float],
     *,
     budget: BudgetConfig,
     max_kl_increase: float,
     max_domain_drop: float,
 ) -> tuple[bool, list[str], str | None]:
-    """Pass/fail of an int8 model from both suites' scores next to the fp32 model's.
+    """Pass/fail of a deployment variant (int8, a GGUF file) from both suites' scores next to fp32's.
 
-    ``fp32``/``int8`` hold ``general/kl`` and the ``domain/...`` metrics. The general side is two
-    budgets judged by :func:`forgetless.budget.judge`: the run's own, and the quantization
-    tolerance (fp32's KL plus ``max_kl_increase``). Returns ``(passed, reasons, primary_metric)``.
+    The one gate decision of the deploy stage. ``fp32``/``candidate`` hold ``general/kl`` and the
+    ``domain/...`` metrics. The general side is two budgets judged by :func:`forgetless.budget.judge`:
+    the run's own, and the quantization tolerance (fp32's KL plus ``max_kl_increase``). Returns
+    ``(passed, reasons, primary_metric)``.
     """
+    if max_kl_increase < 0 or max_domain_drop < 0:
+        raise ForgetlessError(f"the gate's limits must be >= 0 (max_kl_increase={max_kl_increase}, max_domain_drop={max_domain_drop})")
     reasons = []
     tolerance = BudgetConfig(general_kl=fp32["general/kl"] + max_kl_increase)
-    if not judge(tolerance, int8).allowed:
-        inc = int8["general/kl"] - fp32["general/kl"]
+    if not judge(tolerance, candidate).allowed:
+        inc = candidate["general/kl"] - fp32["general/kl"]
         reasons.append(f"general: KL to base rose by {inc:.4f} nats/token over fp32 (limit {max_kl_increase})")
-    reasons += [f"general: the run's budget: {v}" for v in judge(budget, int8).violations]
+    reasons += [f"general: the run's budget: {v}" for v in judge(budget, candidate).violations]
     metric = _primary(fp32)
-    if metric is not None and metric in int8:
-        drop = fp32[metric] - int8[metric]
+    if metric is not None and metric in candidate:
+        drop = fp32[metric] - candidate[metric]
         if lower_is_better(metric):
             drop = -drop
         # Perplexity moves on another scale than accuracy: judge it relative to fp32.
         limit = max_domain_drop * (abs(fp32[metric]) if lower_is_better(metric) else 1.0)
         if drop > limit:
-            reasons.append(f"domain: {metric} fell from {fp32[metric]:.4f} to {int8[metric]:.4f} (limit {limit:.4f})")
+            reasons.append(f"domain: {metric} fell from {fp32[metric]:.4f} to {candidate[metric]:.4f} (limit {limit:.4f})")
     return not reasons, reasons, metric
 
 
-def quantize_and_gate(
+@dataclass
+class Scored:
+    """Both suites on the fp32 merged model and on each candidate built from it."""
+
+    fp32: dict[str, float]
+    candidates: dict[str, dict[str, float]]
+    adapter_sha256: str
+    budget: BudgetConfig
+    general_prompts: int
+    general_tokens: int
+    qa_items: int
+    mc_items: int
+    general_limit: int
+
+
+def score_against_fp32(
     run_dir: str | Path,
+    build: Any,
     *,
-    backend: str = "torch",
-    max_kl_increase: float = 0.01,
-    max_domain_drop: float = 0.02,
     general_limit: int | None = None,
     domain_limit: int = 0,
     progress: Any = None,
     allow_remote_code: bool = False,
-) -> GateResult:
-    """Quantize a run's merged model to int8, evaluate both suites on fp32 and int8, write the verdict.
+) -> Scored:
+    """Score a run's fp32 merged model and every candidate ``build(merged, tok)`` yields, on both suites.
 
-    ``general_limit`` (None: the run's own ``eval.general_limit``) and ``domain_limit`` (0: all) trade
-    precision for time. ``progress(description)`` is called before each phase. Raises nothing for a
-    refused model: the caller decides (the CLI exits 2); the result says why.
+    ``build`` yields ``(label, model, tokenizer)``; the general suite scores token ids (the base
+    reference's), the domain suite prompts through the candidate's own tokenizer, so a GGUF file's
+    tokenizer and chat template are tested too. ``general_limit`` (None: the run's own
+    ``eval.general_limit``) and ``domain_limit`` (0: all) trade precision for time.
     """
+    from ..config import dump_config
     from ..evaluate.domain import DomainData, domain_scores, load_domain
     from ..evaluate.drift import cached_reference, general_drift, load_general_prompts
     from ..models import load_model, tokenizer_fingerprint, weights_fingerprint
 
     say = progress or (lambda _d: None)
-    t0 = time.perf_counter()
     run = read_run_folder(run_dir)
     run_dir, cfg = run.path, run.config
     # Revision and remote-code setting travel with the run: the base scored here is the one it trained on.
@@ -141,43 +161,100 @@ def quantize_and_gate(
     if domain_limit:
         domain = DomainData(qa=domain.qa[:domain_limit], mc=domain.mc[:domain_limit])
 
-    def suites(model: torch.nn.Module, label: str) -> dict[str, float]:
+    def suites(model: torch.nn.Module, mtok: Any, label: str) -> dict[str, float]:
         say(f"general suite ({label})")
         d = general_drift(model, ref, batch_size=bs, pad_id=pad)
         say(f"domain suite ({label})")
-        dom, _ = domain_scores(model, tok, domain, batch_size=bs, max_new_tokens=cfg.eval.qa_max_new_tokens, system_prompt=cfg.data.system_prompt)
+        dom, _ = domain_scores(model, mtok, domain, batch_size=bs, max_new_tokens=cfg.eval.qa_max_new_tokens, system_prompt=cfg.data.system_prompt)
         return {"general/kl": d.kl, "general/nll": d.nll, **{k: v for k, v in dom.items() if isinstance(v, float)}}
 
-    # fp32 whatever the run trained in: int8 is judged against full precision, not against bf16.
+    # fp32 whatever the run trained in: a variant is judged against full precision, not against bf16.
     merged = load_variant(t.in_fp32(), "merged", tok=tok)
-    fp32_scores = suites(merged, "fp32")
-    say(f"quantizing ({backend})")
-    int8 = quantize_int8(merged, backend)  # quantize_dynamic copies; torchao edits in place (fp32 is scored already)
-    int8_scores = suites(int8, "int8")
+    # fp32's scores are the same for every variant gated against it: computed once per adapter and
+    # evaluation setting, then read back (an evaluation of a 135M model takes about a minute on CPU).
+    a_hash = adapter_hash(run.adapter_dir)
+    key = sha256_json({"adapter": a_hash, "config": dump_config(cfg), "general_limit": limit, "domain_limit": domain_limit})
+    cache = run_dir / artifacts.DEPLOY_DIR / artifacts.FP32_SCORES
+    fp32_scores = _cached_scores(run, key)
+    if fp32_scores is None:
+        fp32_scores = suites(merged, tok, "fp32")
+        atomic_write_json(cache, {"key": key, "scores": fp32_scores})
+    cands = {}
+    for label, model, mtok in build(merged, tok):
+        cands[label] = suites(model, mtok, label)
+        del model
+    return Scored(
+        fp32=fp32_scores, candidates=cands, adapter_sha256=a_hash,
+        budget=cfg.budget, general_prompts=len(ref.ids),
+        general_tokens=sum(len(a) for a in ref.answer_ids), qa_items=len(domain.qa), mc_items=len(domain.mc),
+        general_limit=limit,
+    )  # fmt: skip
 
-    budget = cfg.budget.general_kl
-    passed, reasons, metric = judge_int8(
-        fp32_scores, int8_scores, budget=cfg.budget, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
+
+def _cached_scores(run: RunFolder, key: str) -> dict[str, float] | None:
+    try:
+        rec = run.read_json(f"{artifacts.DEPLOY_DIR}/{artifacts.FP32_SCORES}")
+    except InputError:
+        return None  # a damaged cache is recomputed, not trusted
+    return rec.get("scores") if isinstance(rec, dict) and rec.get("key") == key else None
+
+
+def domain_part(scores: dict[str, float]) -> dict[str, float]:
+    """The top-level ``domain/...`` metrics of a score dict (no per-split breakdowns)."""
+    return {k: v for k, v in scores.items() if k.startswith("domain/") and k.count("/") == 1}
+
+
+def quantize_and_gate(
+    run_dir: str | Path,
+    *,
+    backend: str = "torch",
+    scheme: str = DEFAULT_INT8_SCHEME,
+    max_kl_increase: float = 0.01,
+    max_domain_drop: float = 0.02,
+    general_limit: int | None = None,
+    domain_limit: int = 0,
+    progress: Any = None,
+    allow_remote_code: bool = False,
+) -> GateResult:
+    """Quantize a run's merged model to int8, evaluate both suites on fp32 and int8, write the verdict.
+
+    ``general_limit`` (None: the run's own ``eval.general_limit``) and ``domain_limit`` (0: all) trade
+    precision for time. ``progress(description)`` is called before each phase. Raises nothing for a
+    refused model: the caller decides (the CLI exits 2); the result says why.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir).resolve()
+
+    def build(merged: torch.nn.Module, tok: Any) -> Any:
+        (progress or (lambda _d: None))(f"quantizing ({backend}, {scheme})")
+        # quantize_dynamic copies; torchao edits in place (fp32 is scored already)
+        yield "int8", quantize_int8(merged, backend, scheme), tok
+
+    sc = score_against_fp32(
+        run_dir, build, general_limit=general_limit, domain_limit=domain_limit, progress=progress, allow_remote_code=allow_remote_code
+    )
+    fp32_scores, int8_scores = sc.fp32, sc.candidates["int8"]
+    passed, reasons, metric = judge_variant(
+        fp32_scores, int8_scores, budget=sc.budget, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
     )
     result = GateResult(
         backend=backend,
-        adapter_sha256=adapter_hash(t.adapter_dir),  # type: ignore[arg-type]
+        adapter_sha256=sc.adapter_sha256,
         general={
             "kl_fp32": fp32_scores["general/kl"], "kl_int8": int8_scores["general/kl"],
             "kl_increase": int8_scores["general/kl"] - fp32_scores["general/kl"],
             "nll_fp32": fp32_scores["general/nll"], "nll_int8": int8_scores["general/nll"],
-            "budget_general_kl": budget, "prompts": len(ref.ids), "tokens": sum(len(a) for a in ref.answer_ids),
+            "budget_general_kl": sc.budget.general_kl, "prompts": sc.general_prompts, "tokens": sc.general_tokens,
         },
         domain={
-            "primary_metric": metric,
-            "fp32": {k: v for k, v in fp32_scores.items() if k.startswith("domain/") and k.count("/") == 1},
-            "int8": {k: v for k, v in int8_scores.items() if k.startswith("domain/") and k.count("/") == 1},
-            "qa_items": len(domain.qa), "mc_items": len(domain.mc),
+            "primary_metric": metric, "fp32": domain_part(fp32_scores), "int8": domain_part(int8_scores),
+            "qa_items": sc.qa_items, "mc_items": sc.mc_items,
         },
         passed=passed,
         reasons=reasons,
         seconds=round(time.perf_counter() - t0, 1),
-        limits={"max_kl_increase": max_kl_increase, "max_domain_drop": max_domain_drop, "general_limit": limit, "domain_limit": domain_limit},
+        limits={"max_kl_increase": max_kl_increase, "max_domain_drop": max_domain_drop, "general_limit": sc.general_limit, "domain_limit": domain_limit},
+        scheme=scheme,
     )  # fmt: skip
     atomic_write_json(quant_info_path(run_dir), result.as_dict())
     return result

@@ -5,7 +5,7 @@ Variants of one run:
 * ``base``    the base model alone (the fallback that is always there);
 * ``adapter`` base + PEFT adapter, unmerged (what training produced; one extra matmul per layer);
 * ``merged``  the adapter folded into the weights (``merge_and_unload``): same outputs, base speed;
-* ``int8``    ``merged`` with every ``nn.Linear`` dynamically quantized to int8 for CPU serving;
+* ``int8``    ``merged`` with its ``nn.Linear`` layers quantized to int8 (weight-only by default);
 * ``nf4``     4-bit NF4 base via bitsandbytes + adapter (QLoRA-style), CUDA only.
 
 The int8 variant is rebuilt from the merged fp32 weights at load time (about a second for a 135M
@@ -28,6 +28,7 @@ from .. import artifacts
 from ..errors import ForgetlessError
 from ..model_config import ModelConfig
 from ..runfolder import is_run_folder, read_run_folder
+from .int8_schemes import DEFAULT_INT8_SCHEME, INT8_SCHEMES
 
 VARIANTS = ("base", "adapter", "merged", "int8", "nf4")
 INT8_BACKENDS = ("torch", "torchao")
@@ -97,25 +98,48 @@ def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
     return load_tokenizer(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
 
 
-def quantize_int8(model: PreTrainedModel, backend: str = "torch") -> PreTrainedModel:
-    """Quantize every ``nn.Linear`` of an fp32 model to int8 weights with dynamic int8 activations.
+def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME) -> PreTrainedModel:
+    """Quantize the ``nn.Linear`` layers of an fp32 model to int8 (``scheme``: see :mod:`.int8_schemes`).
 
-    ``torch``: ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn kernels, no extra package).
-    ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via ``torchao.quantization.quantize_``.
-    Both quantize the (tied) LM head too: at a 49k vocabulary it is the largest matmul of a decode step.
+    ``torch``: ``weight-only`` swaps in :class:`~.int8_weight_only.Int8WeightOnlyLinear` (fp32
+    activations); the dynamic schemes use ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn
+    kernels, no extra package). Both return a copy. ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via
+    ``torchao.quantization.quantize_`` (per-channel weights by construction), editing in place.
+    ``scheme`` is one of :data:`INT8_SCHEMES`.
     """
+    if scheme not in INT8_SCHEMES:
+        raise ForgetlessError(f"unknown int8 scheme '{scheme}' (choose from {', '.join(INT8_SCHEMES)})")
+    keep_head = scheme.endswith("fp32-head")
+    if backend == "torch" and scheme == "weight-only":
+        import copy
+
+        from .int8_weight_only import quantize_weight_only
+
+        return quantize_weight_only(copy.deepcopy(model))  # a copy, like quantize_dynamic
     if backend == "torch":
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+        qconfig = default_dynamic_qconfig if scheme == "per-tensor" else per_channel_dynamic_qconfig
+        spec: dict = {torch.nn.Linear: qconfig}
+        if keep_head:
+            # A module-name entry overrides the type entry: None leaves that Linear in fp32.
+            spec["lm_head"] = None
         with warnings.catch_warnings():
             # torch marks eager-mode quantization deprecated in favour of torchao; it still ships
             # and is the one int8 path that needs no extra package.
             warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
     if backend == "torchao":
         if importlib.util.find_spec("torchao") is None:
             raise ForgetlessError("the torchao int8 backend needs the torchao package: pip install torchao")
+        if scheme in ("per-tensor", "weight-only"):
+            raise ForgetlessError(f"the torchao int8 backend is wired for dynamic per-channel schemes only, not {scheme}")
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
-        quantize_(model, Int8DynamicActivationInt8WeightConfig())
+        def want(module: torch.nn.Module, fqn: str) -> bool:
+            return isinstance(module, torch.nn.Linear) and not (keep_head and fqn == "lm_head")
+
+        quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=want)
         return model
     raise ForgetlessError(f"unknown int8 backend '{backend}' (choose from {', '.join(INT8_BACKENDS)})")
 
@@ -177,6 +201,7 @@ def load_variant(
     *,
     device: str = "cpu",
     int8_backend: str = "torch",
+    int8_scheme: str = DEFAULT_INT8_SCHEME,
     tok: PreTrainedTokenizerBase | None = None,
 ) -> PreTrainedModel:
     """Load ``variant`` of target ``t`` in eval mode on ``device`` (``int8`` is CPU only, ``nf4`` CUDA only)."""
@@ -198,7 +223,7 @@ def load_variant(
         if variant in ("merged", "int8"):
             model = model.merge_and_unload()
     if variant == "int8":
-        model = quantize_int8(model, int8_backend)
+        model = quantize_int8(model, int8_backend, int8_scheme)
     if device != "cpu":
         model.to(device)
     model.eval()

@@ -37,6 +37,13 @@ def _show(v: Version, aliases: list[str]) -> None:
     t.add_column("value", overflow="fold")
     for f in ("run_dir", "base_model", "base_sha256", "tokenizer_sha256", "data_sha256", "config_sha256", "adapter_sha256", "code_version", "selected_step", "created_at"):
         t.add_row(f, str(getattr(v, f)))
+    t.add_row("kind", v.kind)
+    if v.source:
+        t.add_row("source run", v.source)
+    if v.artifact:
+        t.add_row("artifact", f"{v.artifact} (sha256 {v.artifact_sha256})")
+    if v.kind not in ("run", "distill"):
+        t.add_row(f"{v.kind} gate", _verdict(v.gate_pass))
     t.add_row("budget general_kl", _fmt(v.budget_general_kl))
     t.add_row("domain suite", _verdict(v.domain_pass))
     t.add_row("general suite", _general(v))
@@ -61,16 +68,18 @@ def register(app: typer.Typer) -> None:
     def register_cmd(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
         name: Annotated[str, typer.Option("--name", "-n", help="Model name (letters, digits, . _ -).")],
+        variant: Annotated[Optional[str], typer.Option(help="Register a gated deployment variant of the run: int8, gguf-f16, gguf-q8_0 or gguf-q4_0.")] = None,
         db: DbOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Register a run folder as the next version of NAME (lineage hashes, both suites' scores, verdict)."""
-        v, created = Registry(db).register(run_dir, name)
+        """Register a run folder (or a variant of it) as the next version of NAME (lineage hashes, both suites' scores, verdict)."""
+        v, created = Registry(db).register(run_dir, name, variant=variant)
         if as_json:
             typer.echo(json.dumps(v.as_dict(), indent=2))
             return
         what = "registered" if created else "already registered as"
-        out.print(f"{what} [bold]{v.ref}[/]  domain {_verdict(v.domain_pass)}  general {_general(v)}")
+        gate = f"  {v.kind} gate {_verdict(v.gate_pass)}" if v.kind not in ("run", "distill") else ""
+        out.print(f"{what} [bold]{v.ref}[/] ({v.kind})  domain {_verdict(v.domain_pass)}  general {_general(v)}{gate}")
 
     @reg.command("list")
     def list_cmd(
@@ -88,11 +97,12 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps([{**v.as_dict(), "aliases": by_ref.get(v.ref, [])} for v in versions], indent=2))
             return
         t = Table(title=f"registry {r.path}")
-        for c in ("version", "aliases", "domain", "general", "general/kl", "budget", "base", "created"):
+        for c in ("version", "kind", "aliases", "domain", "general", "gate", "general/kl", "budget", "base", "created"):
             t.add_column(c)
         for v in versions:
             t.add_row(
-                v.ref, ", ".join(by_ref.get(v.ref, [])), _verdict(v.domain_pass), _general(v),
+                v.ref, v.kind, ", ".join(by_ref.get(v.ref, [])), _verdict(v.domain_pass), _general(v),
+                _verdict(v.gate_pass) if v.kind not in ("run", "distill") else "-",
                 _fmt(v.scores.get("general/kl")), _fmt(v.budget_general_kl), v.base_model, v.created_at,
             )
         out.print(t)

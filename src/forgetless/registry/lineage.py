@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, artifacts
 from ..budget import PRIMARY_DOMAIN, BudgetConfig, Verdict, judge, lower_is_better
 from ..errors import InputError
 from ..hashing import sha256_files, sha256_json
@@ -185,3 +185,74 @@ def read_run(run_dir: str | Path) -> RunRecord:
         reasons=verdict.reasons,
         budget_state=verdict.budget.state,
     )
+
+
+
+def read_variant(rec: RunRecord, variant: str | None) -> dict[str, Any]:
+    """What makes a version more than its run: kind, source run, artifact (+ hash) and gate verdict.
+
+    ``variant`` None: the run itself, or a distilled student (its ``distill.json`` names the teacher
+    run as the source; its gate is the two suites of its own run). ``int8``: the verdict in
+    ``deploy/int8/quant_info.json``. ``gguf-<type>``: that file's entry in ``deploy/gguf/gguf_info.json``,
+    with the GGUF file as the artifact. A verdict recorded for another adapter than the one on disk
+    counts as refused. Returns ``{kind, source, artifact, artifact_sha256, gate_pass, reasons, scores}``.
+    """
+    from ..hashing import sha256_file
+
+    run = read_run_folder(rec.run_dir)
+    run_dir = run.path
+    out: dict[str, Any] = {"kind": "run", "source": None, "artifact": None, "artifact_sha256": None, "gate_pass": True, "reasons": [], "scores": {}}
+    if variant is None:
+        info = _json_object(run, artifacts.DISTILL_INFO)
+        if info is not None:
+            p = run_dir / artifacts.DISTILL_INFO
+            out.update(kind="distill", source=info.get("teacher_run"), artifact=str(p), artifact_sha256=sha256_file(p))
+        return out
+    if variant == "int8":
+        rel = f"{artifacts.DEPLOY_DIR}/{artifacts.QUANT_DIR}/{artifacts.QUANT_INFO}"
+        p = run_dir / rel
+        info = _json_object(run, rel)
+        if info is None:
+            raise InputError("no int8 gate verdict: run `forgetless quantize` on the run first", file=p)
+        entry = {"verdict": info.get("verdict"), "reasons": info.get("reasons", [])}
+        g = info.get("general", {})
+        scores = {"general/kl": g.get("kl_int8"), "general/nll": g.get("nll_int8"), **(info.get("domain", {}).get("int8") or {})}
+        artifact = p
+    elif variant.startswith("gguf-"):
+        ftype = variant.split("-", 1)[1]
+        rel = f"{artifacts.DEPLOY_DIR}/{artifacts.GGUF_DIR}/{artifacts.GGUF_INFO}"
+        info_path = run_dir / rel
+        info = _json_object(run, rel)
+        if info is None:
+            raise InputError("no GGUF export: run `forgetless export RUN --format gguf` first", file=info_path)
+        entry = (info.get("files") or {}).get(ftype)
+        if entry is None:
+            raise InputError(f"no GGUF {ftype} file was exported", file=info_path)
+        artifact = run_dir / artifacts.DEPLOY_DIR / artifacts.GGUF_DIR / artifacts.GGUF_FILE.format(ftype=ftype)
+        if not artifact.exists():
+            raise InputError("the exported GGUF file is gone", file=artifact)
+        if sha256_file(artifact) != entry.get("sha256"):
+            entry = {"verdict": "refused", "reasons": [f"{artifact.name} changed after its gate ran"]}
+        scores = {"general/kl": (entry.get("general") or {}).get("kl"), "general/nll": (entry.get("general") or {}).get("nll"), **(entry.get("domain") or {})}
+    else:
+        raise InputError(f"unknown variant {variant!r} (choose from int8, gguf-f16, gguf-q8_0, gguf-q4_0)")
+    reasons = [f"{variant} gate: {r}" for r in entry.get("reasons", [])]
+    passed = entry.get("verdict") == "pass"
+    if info.get("adapter_sha256") != rec.adapter_sha256:
+        passed = False
+        reasons.append(f"{variant} gate: its verdict was recorded for another adapter than the one in {run_dir / artifacts.ADAPTER_DIR}")
+    if not passed and not reasons:
+        reasons.append(f"{variant} gate: verdict recorded as {entry.get('verdict')!r}")
+    out.update(
+        kind=variant, source=str(run_dir), artifact=str(artifact), artifact_sha256=sha256_file(artifact), gate_pass=passed, reasons=reasons,
+        scores={f"{variant}/{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))},
+    )  # fmt: skip
+    return out
+
+
+def _json_object(run: RunFolder, name: str) -> dict[str, Any] | None:
+    """A JSON object file of the run folder (None when absent); anything else raises naming the file."""
+    obj = run.read_json(name)
+    if obj is not None and not isinstance(obj, dict):
+        raise InputError("expected a JSON object", file=run.path / name)
+    return obj

@@ -14,7 +14,7 @@ import yaml
 
 from .. import artifacts
 from ..io import atomic_write_json, atomic_write_text, write_jsonl
-from ..testing import save_tiny_model, tiny_model, tiny_tokenizer
+from ..testing import save_tiny_model, tiny_bpe_tokenizer, tiny_model, tiny_tokenizer
 
 
 def make_run_folder(
@@ -26,22 +26,24 @@ def make_run_folder(
     budget: float | None = 0.05,
     lora_seed: int = 1,
     lora_scale: float = 0.5,
+    bpe: bool = False,
 ) -> Path:
     """Write a run folder at ``run_dir`` and return it.
 
     ``domain_acc`` is (base, selected) domain multiple-choice accuracy (the primary domain metric); ``general_kl`` the selected step's KL to the
     base; ``budget`` the config's ``budget.general_kl``. The adapter's B matrices are random (scaled
-    by ``lora_scale``) so the adapted model really differs from the base.
+    by ``lora_scale``) so the adapted model really differs from the base. ``bpe``: the base uses a
+    byte-level BPE tokenizer (what GGUF export needs) and lives in ``tiny-base-bpe``.
     """
     import torch
     from peft import LoraConfig, get_peft_model
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = Path(base_dir) if base_dir is not None else run_dir.parent / "tiny-base"
+    base = Path(base_dir) if base_dir is not None else run_dir.parent / ("tiny-base-bpe" if bpe else "tiny-base")
     if not (base / "config.json").exists():
-        save_tiny_model(base)
-    tok = tiny_tokenizer()
+        save_tiny_model(base, bpe=bpe)
+    tok = tiny_bpe_tokenizer() if bpe else tiny_tokenizer()
     model = tiny_model(len(tok))
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0))
     torch.manual_seed(lora_seed)

@@ -25,13 +25,14 @@ from typing import Any
 from .. import artifacts
 from ..cache import cache_root
 from ..errors import ForgetlessError, InputError
-from .lineage import RunRecord, adapter_hash, read_run
+from ..hashing import sha256_file
+from .lineage import RunRecord, adapter_hash, read_run, read_variant
 
 # A name is one path-safe token: letters, digits, '.', '_', '-', starting with a letter or digit.
 # That alone rejects '../x', 'a/b' and '' -- names end up in file names and URLs elsewhere.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a trailing newline
 
-LINEAGE_FIELDS = ("base_model", "base_sha256", "tokenizer_sha256", "data_sha256", "config_sha256", "code_version", "adapter_sha256")
+LINEAGE_FIELDS = ("base_model", "base_sha256", "tokenizer_sha256", "data_sha256", "config_sha256", "code_version", "adapter_sha256", "kind", "source", "artifact_sha256")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS versions (
     budget_state TEXT NOT NULL DEFAULT 'unknown',
     UNIQUE (name, version)
 );
+-- kind/source/artifact/gate: see VARIANT_COLUMNS (added to older databases on open).
 CREATE TABLE IF NOT EXISTS aliases (
     alias TEXT PRIMARY KEY,
     version_id INTEGER NOT NULL REFERENCES versions(id),
@@ -70,6 +72,20 @@ CREATE TABLE IF NOT EXISTS alias_events (
     at TEXT NOT NULL
 );
 """
+
+
+# What a version is, beyond a run's adapter: ``kind`` is ``run``, ``distill`` (a student run trained
+# on a teacher's answers), ``int8`` or ``gguf-<type>`` (a deployment variant of a run); ``source`` is
+# the run it came from (the teacher, for a student); ``artifact`` the file its gate verdict or
+# weights live in, with its hash; ``gate_pass`` the variant's quality gate against fp32.
+VARIANT_COLUMNS = {
+    "kind": "TEXT NOT NULL DEFAULT 'run'",
+    "source": "TEXT",
+    "artifact": "TEXT",
+    "artifact_sha256": "TEXT",
+    "gate_pass": "INTEGER NOT NULL DEFAULT 1",
+}
+VARIANT_KINDS = ("int8", "gguf-f16", "gguf-q8_0", "gguf-q4_0")
 
 
 def default_db_path() -> Path:
@@ -116,6 +132,11 @@ class Version:
     reasons: list[str]
     created_at: str
     budget_state: str = "unknown"  # inside, outside, unset (no budget set); unknown for rows registered before it was recorded
+    kind: str = "run"
+    source: str | None = None
+    artifact: str | None = None
+    artifact_sha256: str | None = None
+    gate_pass: bool = True
 
     @property
     def ref(self) -> str:
@@ -124,8 +145,8 @@ class Version:
 
     @property
     def passes(self) -> bool:
-        """Both suites pass: the only versions that may be promoted."""
-        return self.domain_pass and self.general_pass
+        """Both suites pass, and a deployment variant's gate too: the only versions that may be promoted."""
+        return self.domain_pass and self.general_pass and self.gate_pass
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
@@ -138,7 +159,7 @@ class Version:
         d = dict(row)
         for k in ("scores", "base_scores", "reasons"):
             d[k] = json.loads(d[k])
-        d["domain_pass"], d["general_pass"] = bool(d["domain_pass"]), bool(d["general_pass"])
+        d["domain_pass"], d["general_pass"], d["gate_pass"] = bool(d["domain_pass"]), bool(d["general_pass"]), bool(d["gate_pass"])
         return cls(**d)
 
 
@@ -152,11 +173,12 @@ class Registry:
             # WAL: readers (serve polling an alias) never block the writer, nor it them.
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
-            # Databases made before the budget's state was recorded gain the column (one statement,
-            # idempotent: the column list is checked first).
-            cols = {r["name"] for r in con.execute("PRAGMA table_info(versions)")}
-            if "budget_state" not in cols:
-                con.execute("ALTER TABLE versions ADD COLUMN budget_state TEXT NOT NULL DEFAULT 'unknown'")
+            # Databases made before a column was recorded gain it (idempotent: the column list is
+            # checked first).
+            have = {r[1] for r in con.execute("PRAGMA table_info(versions)")}
+            for col, decl in {"budget_state": "TEXT NOT NULL DEFAULT 'unknown'", **VARIANT_COLUMNS}.items():
+                if col not in have:
+                    con.execute(f"ALTER TABLE versions ADD COLUMN {col} {decl}")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
@@ -190,21 +212,27 @@ class Registry:
 
     # --- versions -------------------------------------------------------------------------------
 
-    def register(self, run_dir: str | Path, name: str, *, record: RunRecord | None = None) -> tuple[Version, bool]:
-        """Register a run folder as the next version of ``name``; returns ``(version, created)``.
+    def register(
+        self, run_dir: str | Path, name: str, *, record: RunRecord | None = None, variant: str | None = None
+    ) -> tuple[Version, bool]:
+        """Register a run folder (or, with ``variant``, one of its gated deployment variants) as the
+        next version of ``name``; returns ``(version, created)``.
 
-        Registering the same adapter and config under the same name again returns the existing
-        version (``created`` False) instead of minting a duplicate.
+        Registering the same adapter, config and artifact under the same name again returns the
+        existing version (``created`` False) instead of minting a duplicate. A variant whose gate
+        refused it is registered with ``gate_pass`` False (so the refusal is on record) and can
+        never be promoted.
         """
         validate_name(name)
         rec = record if record is not None else read_run(run_dir)
+        v = read_variant(rec, variant)
         with self._write() as con:
             # One namespace for names and aliases: `get("x")` must never have two meanings.
             if con.execute("SELECT 1 FROM alias_events WHERE alias=? LIMIT 1", (name,)).fetchone():
                 raise InputError(f"invalid name {name!r}: it is already an alias in registry {self.path}; pick another name")
             row = con.execute(
-                "SELECT * FROM versions WHERE name=? AND adapter_sha256=? AND config_sha256=?",
-                (name, rec.adapter_sha256, rec.config_sha256),
+                "SELECT * FROM versions WHERE name=? AND adapter_sha256=? AND config_sha256=? AND kind=? AND artifact_sha256 IS ?",
+                (name, rec.adapter_sha256, rec.config_sha256, v["kind"], v["artifact_sha256"]),
             ).fetchone()
             if row is not None:
                 return Version._from_row(row), False
@@ -212,14 +240,16 @@ class Registry:
             cur = con.execute(
                 "INSERT INTO versions (name, version, run_dir, base_model, adapter_sha256, base_sha256, tokenizer_sha256,"
                 " data_sha256, config_sha256, code_version, selected_step, scores, base_scores, budget_general_kl,"
-                " domain_pass, general_pass, reasons, created_at, budget_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " domain_pass, general_pass, reasons, created_at, budget_state, kind, source, artifact, artifact_sha256, gate_pass)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     name, nxt, rec.run_dir, rec.base_model, rec.adapter_sha256, rec.base_sha256, rec.tokenizer_sha256,
-                    rec.data_sha256, rec.config_sha256, rec.code_version, rec.selected_step, json.dumps(rec.scores),
+                    rec.data_sha256, rec.config_sha256, rec.code_version, rec.selected_step, json.dumps({**rec.scores, **v["scores"]}),
                     json.dumps(rec.base_scores), rec.budget_general_kl, int(rec.domain_pass), int(rec.general_pass),
-                    json.dumps(rec.reasons), _now(), rec.budget_state,
+                    json.dumps(rec.reasons + v["reasons"]), _now(), rec.budget_state, v["kind"], v["source"], v["artifact"],
+                    v["artifact_sha256"], int(v["gate_pass"]),
                 ),
-            )
+            )  # fmt: skip
             row = con.execute("SELECT * FROM versions WHERE id=?", (cur.lastrowid,)).fetchone()
             return Version._from_row(row), True
 
@@ -282,12 +312,17 @@ class Registry:
         """
         validate_name(alias, "alias")
         v = self.get(ref)
+        if not v.gate_pass:
+            why = "; ".join(v.reasons) or "gate verdict recorded as refused"
+            raise ForgetlessError(f"refusing to promote {v.ref} to '{alias}': its {v.kind} quality gate failed ({why})")
         unbudgeted = v.budget_state == "unset" and allow_no_budget
         if not v.domain_pass or not (v.general_pass or unbudgeted):
             failed = [s for s, ok in (("domain", v.domain_pass), ("general", v.general_pass or unbudgeted)) if not ok]
             why = "; ".join(v.reasons) or "suite verdict recorded as failed"
             hint = " (pass --allow-no-budget to promote a run that set no budget)" if v.budget_state == "unset" else ""
             raise ForgetlessError(f"refusing to promote {v.ref} to '{alias}': {' and '.join(failed)} suite failed ({why}){hint}")
+        if v.artifact is not None and (not Path(v.artifact).is_file() or sha256_file(v.artifact) != v.artifact_sha256):
+            raise ForgetlessError(f"refusing to promote {v.ref}: {v.artifact} is gone or changed since it was registered")
         adapter = Path(v.run_dir) / artifacts.ADAPTER_DIR
         if not adapter.is_dir():
             raise ForgetlessError(f"refusing to promote {v.ref}: its adapter folder {adapter} is gone")
