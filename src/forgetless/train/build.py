@@ -20,6 +20,7 @@ from ..evaluate.runner import Evaluator
 from .budget import BudgetJudge
 from .callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback
 from .dataset import PackedCollator
+from .kl_control import make_kl_controller
 from .regularizers import Regularizers
 from .trainer import ForgetlessTrainer
 
@@ -86,6 +87,8 @@ def build_trainer(
         recorder=recorder,
         regularizers=regularizers,
         judge=judge,
+        # With a KL budget the budget steers the KL weight during training (train.kl_control).
+        kl_controller=make_kl_controller(t, cfg.budget, kl_weight=regularizers.kl_weight) if regularizers is not None else None,
         callbacks=[EvalScheduleCallback(every), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
         optimizers=optimizers,
     )

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..evaluate.runner import Evaluator
 from .callbacks import MetricsRecorder
 from .checkpoints import mark_complete
 from .budget import BudgetJudge
+from .kl_control import KLController
 from .regularizers import Regularizers, global_token_mean
 
 
@@ -23,7 +24,14 @@ class ForgetlessTrainer(Trainer):
     """Trainer whose ``evaluate`` runs forgetless' domain and general suites."""
 
     def __init__(
-        self, *args: Any, evaluator: Evaluator, recorder: MetricsRecorder, regularizers: Regularizers | None = None, judge: BudgetJudge | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        evaluator: Evaluator,
+        recorder: MetricsRecorder,
+        regularizers: Regularizers | None = None,
+        judge: BudgetJudge | None = None,
+        kl_controller: KLController | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.evaluator = evaluator
@@ -32,6 +40,30 @@ class ForgetlessTrainer(Trainer):
         self.regularizers = regularizers if regularizers is not None and regularizers.active else None
         self.eval_history: list[dict[str, Any]] = []
         self._terms: dict[str, list[float]] = {}
+        self.kl_controller = kl_controller if self.regularizers is not None and self.regularizers.kl_weight else None
+        # Per-step replay KL since the last evaluation: recorded next to the general KL it stands for.
+        self._replay_kl_since_eval: list[float] = []
+        if self.kl_controller is not None:
+            self.add_callback(_KLControlStep(self))
+
+    @property
+    def kl_weight(self) -> float:
+        """The KL-to-base weight for the current step: the controller's, else the fixed one."""
+        if self.kl_controller is not None:
+            return self.kl_controller.weight
+        return self.regularizers.kl_weight if self.regularizers is not None else 0.0
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):  # noqa: ANN201
+        """The Trainer's train; a resumed run first restores the KL controller's state."""
+        if self.kl_controller is not None and resume_from_checkpoint:
+            ckpt = resume_from_checkpoint
+            if ckpt is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                ckpt = get_last_checkpoint(self.args.output_dir)
+            if ckpt:
+                self.kl_controller.load(Path(ckpt))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None):  # noqa: ANN201
         """Language-model loss on labelled tokens plus the weighted regularizer terms."""
@@ -64,7 +96,7 @@ class ForgetlessTrainer(Trainer):
         for name, weight, term in (
             # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
             # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
-            ("kl_to_base", regs.kl_weight, self._kl_to_base(model, kl_inputs, outputs.logits, replay) if regs.kl_weight else None),
+            ("kl_to_base", self.kl_weight, self._kl_to_base(model, kl_inputs, outputs.logits, replay) if regs.kl_weight else None),
             ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
             ("ewc", regs.ewc_weight, regs.ewc_term(model)),
         ):
@@ -80,9 +112,27 @@ class ForgetlessTrainer(Trainer):
         bare = self.accelerator.unwrap_model(model)
         world = self.accelerator.num_processes
         if world == 1:
-            return regs.kl_term(bare, inputs, logits, replay)
+            term = regs.kl_term(bare, inputs, logits, replay)
+            if term is not None:
+                self._observe_kl(float(term.detach()))
+            return term
         total, n = regs.kl_sum(bare, inputs, logits, replay)
-        return global_token_mean(total, n, world, lambda t: self.accelerator.reduce(t, reduction="sum"))
+
+        def all_sum(t: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.reduce(t, reduction="sum")
+
+        term = global_token_mean(total, n, world, all_sum)
+        if term is not None and self.kl_controller is not None:
+            # The controller needs the same number on every rank (each rank steers its own copy
+            # of the weight): the mean over all ranks' replay tokens, not this rank's share.
+            n_all = all_sum(n.detach().clone())
+            self._observe_kl(float(all_sum(total.detach().clone()) / n_all))
+        return term
+
+    def _observe_kl(self, kl: float) -> None:
+        self._replay_kl_since_eval.append(kl)
+        if self.kl_controller is not None:
+            self.kl_controller.observe(kl)
 
     def _note(self, name: str, value: torch.Tensor) -> None:
         self._terms.setdefault(name, []).append(float(value.detach()))
@@ -94,11 +144,21 @@ class ForgetlessTrainer(Trainer):
                 if vals:
                     logs[f"reg/{name}"] = sum(vals) / len(vals)
             self._terms = {}
+            if self.kl_controller is not None:
+                logs.update(self.kl_controller.terms())
         super().log(logs, start_time)
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Both suites on the current weights; logged, recorded and passed to callbacks."""
         metrics = self.evaluator.evaluate(self.model, step=self.state.global_step)
+        if self._replay_kl_since_eval:
+            # The cheap per-step drift signal next to the general KL it stands for (their ratio is
+            # what the controller calibrates on, and what the docs report).
+            metrics["train/replay_kl"] = sum(self._replay_kl_since_eval) / len(self._replay_kl_since_eval)
+            self._replay_kl_since_eval = []
+        if self.kl_controller is not None:
+            self.kl_controller.observe_eval(metrics.get("general/kl"))
+            metrics.update(self.kl_controller.terms())
         if self.judge is not None:
             violations = self.judge.violations(metrics, self.evaluator.last_scores)
             metrics["budget/violations"] = violations
@@ -116,5 +176,20 @@ class ForgetlessTrainer(Trainer):
         # declares a checkpoint complete that a distributed resume could not load.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
+            ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if self.kl_controller is not None:
+                self.kl_controller.save(ckpt)
             # Only now is every file of the checkpoint on disk: mark it loadable.
-            mark_complete(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")
+            mark_complete(ckpt)
+
+
+class _KLControlStep(TrainerCallback):
+    """Moves the KL controller once per optimizer step, after the step's micro-batches."""
+
+    def __init__(self, trainer: ForgetlessTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> TrainerControl:
+        assert self.trainer.kl_controller is not None
+        self.trainer.kl_controller.step()
+        return control
