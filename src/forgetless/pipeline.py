@@ -26,6 +26,8 @@ from .data import Example, expand_paths, load_examples, record_to_example
 from .errors import ForgetlessError
 from .evaluate.domain import load_domain
 from .evaluate.drift import cached_reference, load_general_prompts
+from .evaluate.heldout import heldout_reference
+from .evaluate.subset import subset_domain
 from .evaluate.precision import resolve as resolve_precision
 from .evaluate.runner import Evaluator, eval_timing, is_noop_adapter
 from .io import atomic_write_json, atomic_write_text
@@ -41,6 +43,7 @@ from .train.dataset import PackedCollator, PackedDataset, build_dataset
 from .train.regularizers import Regularizers, estimate_fisher
 from .train.select import budget_violations, domain_score, primary_metric, select_checkpoint
 from .train.build import build_trainer
+from .train.final_eval import evaluate_selected
 
 
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -102,6 +105,9 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
             system_prompt=cfg.data.system_prompt, on_batch=lambda n: bar.advance(task, n), precision=eval_precision,
         )  # fmt: skip
     console.print(f"  {len(ref.ids)} prompts, {sum(len(a) for a in ref.answer_ids)} answer tokens ({'cached' if cached else 'computed'})")
+    with console.status("held-out general prompts: base answers (cached after the first run)"):
+        heldout_ref = heldout_reference(model, tok, cfg.eval.heldout_general, max_new_tokens=cfg.eval.heldout_max_new_tokens, base_fingerprint=base_fp,
+                                        tokenizer_fingerprint=tok_fp, topk=cfg.eval.kl_topk, batch_size=cfg.eval.batch_size, system_prompt=cfg.data.system_prompt, precision=eval_precision)  # fmt: skip
 
     # 5. Domain tokens (after the reference: drift is measured against the true base, and the
     #    extension's own step-0 cost shows up as KL at step 0), then the training set.
@@ -114,7 +120,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     n_replay = sum(r.replay for r in dataset.rows)
     console.print(f"  {len(examples)} examples -> {len(dataset)} rows ({n_replay} replay), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
     evaluator = Evaluator(
-        tok, domain, ref, batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
+        tok, subset_domain(domain, cfg.eval.domain_limit, seed=cfg.seed), ref, batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
         system_prompt=cfg.data.system_prompt, general_suites=tuple(cfg.eval.general_suites),
         suite_limits=cfg.eval.suite_limits, base_cache_key=f"{base_fp}:{tok_fp}", precision=eval_precision,
     )  # fmt: skip
@@ -194,6 +200,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         with console.status("exporting extended base + plain adapter, and a merged model"):
             export_extended(model, tok, run_dir / A.TOKENS_DIR / A.TOKENS_EXPORT_DIR, extra_info={"step": sel.step, "scale_note": "exports use adapter scale 1.0"})
 
+    selected_eval = None
+    if sel.step is not None:
+        with console.status("scoring the selected checkpoint on the full domain sets and the held-out general prompts"):
+            selected_eval = evaluate_selected(model, evaluator, domain, ckpt_dir / f"checkpoint-{sel.step}", scale=chosen_scale, heldout=heldout_ref)
+
     # Router for serving: out-of-domain queries go to the base. Calibrated on the base itself.
     router_info = calibrate_serving_router(cfg, model, tok, examples, run_dir, console)
 
@@ -203,6 +214,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         "verdict": sel.verdict,
         "selected": {"step": sel.step, "scale": chosen_scale, "metric": sel.metric, "score": sel.score} if sel.step is not None else None,
         "early_stop_step": stopper.stopped_at,
+        "selected_eval": selected_eval,
         "base": history[0] if history else None,
         "final": history[-1] if history else None,
         "budget": cfg.budget.model_dump(),

@@ -1,0 +1,50 @@
+"""The selected checkpoint, scored once on what the loop does not score: the full domain sets
+(the loop scores a fixed subset) and the held-out general prompts with long answers."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft.helpers import rescale_adapter_scale
+from safetensors.torch import load_file
+
+from ..evaluate.domain import DomainData
+from ..evaluate.drift import GeneralReference
+from ..evaluate.heldout import heldout_drift
+from ..evaluate.runner import Evaluator
+from .adapters import is_peft
+from .calibrate import load_adapter_weights
+
+
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Put a checkpoint's trained weights into ``model`` in place (adapter, or every weight)."""
+    if is_peft(model):
+        load_adapter_weights(model, checkpoint)
+    else:
+        # Tied embeddings are saved once: the missing lm_head key is the same tensor.
+        model.load_state_dict(load_file(str(checkpoint / "model.safetensors")), strict=False)
+
+
+def evaluate_selected(
+    model: torch.nn.Module, evaluator: Evaluator, full_domain: DomainData, checkpoint: Path, *, scale: float = 1.0,
+    heldout: GeneralReference | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Full domain sets and held-out general drift of ``checkpoint`` at adapter ``scale``.
+
+    Returns ``{"domain": {...}, "heldout_general": {...}}``: the domain scores with their n and 95%
+    interval; the held-out KL per token and per prompt (see :mod:`forgetless.evaluate.heldout`).
+    """
+    load_checkpoint_weights(model, checkpoint)
+    ctx = rescale_adapter_scale(model, scale) if is_peft(model) and scale != 1.0 else contextlib.nullcontext()
+    out: dict[str, Any] = {"checkpoint": checkpoint.name, "scale": scale}
+    with ctx:
+        if not full_domain.empty:
+            out["domain"] = evaluator.evaluate_domain(model, full_domain)
+        if heldout is not None:
+            pad = evaluator.tok.pad_token_id or 0
+            d = heldout_drift(model, heldout, batch_size=evaluator.batch_size, pad_id=pad, precision=evaluator.precision)
+            out["heldout_general"] = d.to_metrics()
+    return out

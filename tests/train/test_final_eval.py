@@ -1,0 +1,31 @@
+"""The loop scores a fixed domain subset; the selected checkpoint is scored once on the full sets
+and on the held-out general prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from forgetless import artifacts as A
+from forgetless.config import load_config
+from forgetless.pipeline import run_pipeline
+
+
+def test_loop_scores_the_subset_and_the_selected_checkpoint_the_full_sets(tiny_run: Path) -> None:
+    cfg = load_config(tiny_run / "cfg.yaml", ["eval.domain_limit=1", "train.max_steps=4", "train.eval_every=2", "train.scale_sweep=[]"])
+    summary = run_pipeline(cfg)
+    hist = [json.loads(l) for l in (cfg.run_dir / A.METRICS).read_text().splitlines()]
+    # The fixture has 2 QA and 2 MC items: 1 of each in the loop, at every evaluation.
+    assert [h["domain/qa_recall_n"] for h in hist] == [1, 1, 1]
+    assert [h["domain/mc_acc_n"] for h in hist] == [1, 1, 1]
+    sel = summary["selected_eval"]
+    assert sel["checkpoint"] == f"checkpoint-{summary['selected']['step']}" and sel["scale"] == 1.0
+    dom = sel["domain"]
+    assert dom["domain/qa_recall_n"] == 2 and dom["domain/mc_acc_n"] == 2
+    assert dom["domain/qa_recall_lo"] <= dom["domain/qa_recall"] <= dom["domain/qa_recall_hi"]
+    # Both splits of the full set are back (the loop saw only one of each).
+    assert {"domain/qa_recall/doc_only", "domain/qa_recall/qa_seen"} <= set(dom)
+    held = sel["heldout_general"]
+    assert held["heldout/prompts"] == 4 and held["heldout/tokens"] > 0
+    assert held["heldout/kl_per_token"] > 0 and held["heldout/kl_per_prompt"] > 0
+    assert json.loads((cfg.run_dir / A.SUMMARY).read_text())["selected_eval"] == json.loads(json.dumps(sel))
