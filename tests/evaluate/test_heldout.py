@@ -36,3 +36,4 @@ def test_per_token_and_per_prompt_averages_differ_as_worked_by_hand() -> None:
     assert m["heldout/kl_per_prompt_lo"] <= 0.5 <= m["heldout/kl_per_prompt_hi"]
     short = summarize([torch.tensor([0.5])], split_at=2)
     assert math.isnan(short.kl_rest) and short.tokens_rest == 0
+    assert short.to_metrics()["heldout/kl_per_token_after2"] is None

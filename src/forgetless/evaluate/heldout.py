@@ -16,6 +16,7 @@ in-loop answer length) to show whether drift grows along the answer.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -81,7 +82,8 @@ class HeldoutDrift:
             f"{prefix}/kl_per_prompt_lo": self.kl_per_prompt_lo,
             f"{prefix}/kl_per_prompt_hi": self.kl_per_prompt_hi,
             f"{prefix}/kl_per_token_first{self.split_at}": self.kl_first,
-            f"{prefix}/kl_per_token_after{self.split_at}": self.kl_rest,
+            # None, not NaN, when no answer is that long: the summary is JSON that any parser reads.
+            f"{prefix}/kl_per_token_after{self.split_at}": None if math.isnan(self.kl_rest) else self.kl_rest,
             f"{prefix}/prompts": self.prompts,
             f"{prefix}/tokens": self.tokens,
             f"{prefix}/tokens_after{self.split_at}": self.tokens_rest,
