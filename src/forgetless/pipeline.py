@@ -43,7 +43,8 @@ from .train.dataset import PackedCollator, PackedDataset, build_dataset
 from .train.regularizers import Regularizers, estimate_fisher
 from .train.select import budget_violations, domain_score, primary_metric, select_checkpoint
 from .train.build import build_trainer
-from .train.final_eval import evaluate_selected
+from .train.final_eval import evaluate_selected, selected_eval_section
+from .train.kl_control import kl_control_section
 
 
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -224,7 +225,8 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     }  # fmt: skip
     atomic_write_json(run_dir / A.SUMMARY, summary)
     plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=cfg.budget.general_kl)
-    write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary, scale_curve=scale_curve)
+    sections = [s for s in (selected_eval_section(selected_eval), kl_control_section(history)) if s]
+    write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary, scale_curve=scale_curve, extra_sections=sections)
     from .deploy.report_html import write_report as write_html_report
 
     write_html_report(run_dir)  # the same, offline in a browser: curves embedded, lineage, verdict

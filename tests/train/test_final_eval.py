@@ -29,3 +29,7 @@ def test_loop_scores_the_subset_and_the_selected_checkpoint_the_full_sets(tiny_r
     assert held["heldout/prompts"] == 4 and held["heldout/tokens"] > 0
     assert held["heldout/kl_per_token"] > 0 and held["heldout/kl_per_prompt"] > 0
     assert json.loads((cfg.run_dir / A.SUMMARY).read_text())["selected_eval"] == json.loads(json.dumps(sel))
+    report = (cfg.run_dir / A.REPORT_MD).read_text()
+    assert "on what the loop does not score" in report and "| domain/qa_recall |" in report
+    assert "per token (every answer token weighs the same" in report and "per prompt (mean of each prompt's token mean)" in report
+    assert "KL weight steered" not in report  # no budget: the weight was fixed

@@ -196,6 +196,8 @@ def test_tiny_run_over_budget_raises_the_weight_until_drift_is_back_under(tiny_r
     # Each checkpoint holds the controller's state, and it is the one recorded at that evaluation.
     saved = json.loads((cfg.run_dir / A.CHECKPOINTS_DIR / "checkpoint-12" / A.KL_CONTROL_STATE).read_text())
     assert math.exp(saved["log_weight"]) == pytest.approx(w[2], rel=1e-12)
+    report = (cfg.run_dir / A.REPORT_MD).read_text()
+    assert "## KL weight steered by the budget" in report and f"| 12 | {w[2]:.3f} |" in report
     # TensorBoard got the per-step weight too (the Trainer's log history is its source).
     state = json.loads((cfg.run_dir / A.CHECKPOINTS_DIR / "checkpoint-24" / "trainer_state.json").read_text())
     assert len([h for h in state["log_history"] if "kl_control/weight" in h]) == 24

@@ -48,3 +48,29 @@ def evaluate_selected(
             d = heldout_drift(model, heldout, batch_size=evaluator.batch_size, pad_id=pad, precision=evaluator.precision)
             out["heldout_general"] = d.to_metrics()
     return out
+
+
+def selected_eval_section(selected_eval: dict[str, Any] | None) -> str | None:
+    """report.md section: the selected checkpoint on the full domain sets and held-out prompts."""
+    if not selected_eval:
+        return None
+    lines = [f"## Selected checkpoint ({selected_eval['checkpoint']}, adapter scale {selected_eval['scale']}) on what the loop does not score", ""]
+    dom = selected_eval.get("domain") or {}
+    keys = [k for k in ("domain/qa_recall", "domain/qa_f1", "domain/mc_acc") if k in dom]
+    if keys:
+        lines += ["Full domain sets (the loop scores a fixed subset of at most `eval.domain_limit` items per set):", ""]
+        lines += ["| metric | value | 95% interval | n |", "|---|---|---|---|"]
+        lines += [f"| {k} | {dom[k]:.3f} | [{dom[k + '_lo']:.3f}, {dom[k + '_hi']:.3f}] | {dom[k + '_n']} |" for k in keys]
+        lines.append("")
+    held = selected_eval.get("heldout_general")
+    if held:
+        after = held.get("heldout/kl_per_token_after48")
+        lines += [
+            f"Held-out general prompts ({held['heldout/prompts']} prompts never used in the loop, {held['heldout/tokens']} answer tokens), KL(base || tuned) in nats:",
+            "",
+            f"- per token (every answer token weighs the same, as the in-loop general KL): {held['heldout/kl_per_token']:.4f}",
+            f"- per prompt (mean of each prompt's token mean): {held['heldout/kl_per_prompt']:.4f} [95%: {held['heldout/kl_per_prompt_lo']:.4f}, {held['heldout/kl_per_prompt_hi']:.4f}]",
+            f"- per token along the answer: first 48 tokens {held['heldout/kl_per_token_first48']:.4f}, after"
+            + (f" {after:.4f} ({held['heldout/tokens_after48']} tokens)" if after is not None else ": no answer is longer"),
+        ]
+    return "\n".join(lines)

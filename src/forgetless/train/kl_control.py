@@ -177,3 +177,17 @@ def make_kl_controller(train: TrainConfig, budget: BudgetConfig, *, kl_weight: f
         budget=budget.general_kl, initial_weight=kl_weight, min_weight=train.kl_weight_min, max_weight=train.kl_weight_max,
         target_fraction=train.kl_target, gain=train.kl_gain,
     )  # fmt: skip
+
+
+def kl_control_section(history: list[dict[str, Any]]) -> str | None:
+    """report.md section: the steered weight next to the drift it steers, per evaluation."""
+    rows = [h for h in history if "kl_control/weight" in h]
+    if not rows:
+        return None
+    lines = ["## KL weight steered by the budget (train.kl_control: auto)", "",
+             "Replay KL: mean of the per-step KL on replay rows since the previous evaluation; general KL: token mean on the general prompts.", "",
+             "| step | KL weight | replay KL target | replay KL | general KL |", "|---|---|---|---|---|"]  # fmt: skip
+    for h in rows:
+        rk = h.get("train/replay_kl")
+        lines.append(f"| {h['step']} | {h['kl_control/weight']:.3f} | {h['kl_control/target']:.4f} | {'' if rk is None else f'{rk:.4f}'} | {h.get('general/kl', float('nan')):.4f} |")
+    return "\n".join(lines)
