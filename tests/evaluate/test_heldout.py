@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,6 +18,20 @@ def test_heldout_set_is_apart_from_the_in_loop_prompts() -> None:
     assert len(held) == 48 and len({p["id"] for p in held}) == 48
     assert {p["prompt"].lower() for p in held}.isdisjoint(p["prompt"].lower() for p in loop)
     assert {p["id"] for p in held}.isdisjoint(p["id"] for p in loop)
+    # Written apart from the in-loop prompts and from the replay prompts training sees: no prompt
+    # shares more than 15% of its word 3-grams with any of them (the closest today: 0.09).
+    from importlib import resources
+
+    replay = [json.loads(l)["prompt"] for l in (resources.files("forgetless.curate") / "data" / "replay_prompts.v1.jsonl").read_text().splitlines()]
+
+    def grams(t: str) -> set[tuple[str, ...]]:
+        w = t.lower().split()
+        return {tuple(w[i : i + 3]) for i in range(len(w) - 2)}
+
+    for h in held:
+        for other in [p["prompt"] for p in loop] + replay:
+            a, b = grams(h["prompt"]), grams(other)
+            assert len(a & b) / len(a | b) < 0.15, (h["prompt"], other)
     # Eight kinds of request, six each, interleaved so a prefix keeps the mix.
     cats = [p["category"] for p in held]
     assert len(set(cats)) == 8 and len(set(cats[:8])) == 8
