@@ -13,7 +13,6 @@ drift of the selected checkpoint when the run measured it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgetless import artifacts as A
+from forgetless.runfolder import read_run_folder
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:
@@ -41,9 +41,10 @@ def main() -> None:
     args = ap.parse_args()
     console = Console(width=200)
     for run in args.runs:
-        hist = [json.loads(l) for l in (run / A.METRICS).read_text().splitlines()]
+        folder = read_run_folder(run)
+        hist = folder.metrics()
         table = Table(title=str(run))
-        for c in ("step", "general/kl (token mean)", "replay KL (mean of steps)", "ratio replay/general", "KL weight", "QA recall", "budget inside"):
+        for c in ("step", "general/kl (token mean)", "replay KL (mean of steps)", "ratio replay/general", "KL weight", "QA recall", "budget"):
             table.add_column(c, justify="right")
         pairs = []
         for h in hist:
@@ -53,15 +54,14 @@ def main() -> None:
             ratio = f"{r / g:.2f}" if g and r is not None else ""
             w = h.get("kl_control/weight")
             table.add_row(str(h["step"]), f"{g:.4f}", "" if r is None else f"{r:.4f}", ratio, "" if w is None else f"{w:.3f}",
-                          f"{h.get('domain/qa_recall', float('nan')):.3f}", str(h.get("budget/inside", "")))  # fmt: skip
+                          f"{h.get('domain/qa_recall', float('nan')):.3f}", str(h.get("budget/state", "")))  # fmt: skip
         console.print(table)
         if pairs:
             rs, gs = [p[0] for p in pairs], [p[1] for p in pairs]
             console.print(f"  over {len(pairs)} evaluations: Pearson r(replay KL, general KL) = {pearson(rs, gs):.3f}; "
                           f"ratio replay/general mean {sum(r / g for r, g in pairs) / len(pairs):.2f}, range {min(r / g for r, g in pairs):.2f}-{max(r / g for r, g in pairs):.2f}")  # fmt: skip
-        summary_path = run / A.SUMMARY
-        if summary_path.exists():
-            s = json.loads(summary_path.read_text())
+        s = folder.read_json(A.SUMMARY)
+        if s:
             sel, ev = s.get("selected") or {}, s.get("selected_eval") or {}
             held = ev.get("heldout_general")
             if held:

@@ -7,12 +7,16 @@ here, and a bad one raises :class:`~forgetless.errors.InputError` naming its fil
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .io import iter_jsonl, read_text_file
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 TEXT_SUFFIXES = (".txt", ".md")
@@ -117,3 +121,62 @@ def require_fields(rec: dict[str, Any], fields: dict[str, type | tuple[type, ...
         if not isinstance(rec[name], typ) or isinstance(rec[name], bool) and typ is int:
             want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise InputError(f"must be {want}, got {type(rec[name]).__name__}", file=file, line=line, field=name)
+
+
+# --- rendering and tokenizing one example (training and domain perplexity share it) -------------
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    """One example as token ids with labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    replay: bool = False
+
+
+def _render_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], system_prompt: str | None) -> tuple[str, list[tuple[int, int]]]:
+    """Render a chat with the model's template; return the text and the char spans of assistant turns.
+
+    Each assistant span is found by rendering the conversation up to that turn with the generation
+    prompt (where the answer starts) and up to and including it (where it ends). This works with any
+    template, including ones that inject a default system prompt, without parsing the template.
+    """
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    full = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tok.apply_chat_template(messages[: i + 1], tokenize=False))
+        if full[:end] != tok.apply_chat_template(messages[: i + 1], tokenize=False):
+            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns")
+        spans.append((start, end))
+    return full, spans
+
+
+def tokenize_example(tok: PreTrainedTokenizerBase, ex: Example, *, system_prompt: str | None = None) -> Tokenized:
+    """Tokenize one example. Text: loss on every token (EOS appended). Chat: loss on assistant turns only."""
+    replay = bool(ex.meta.get("replay", False))
+    if not ex.is_chat:
+        ids = tok(ex.text, add_special_tokens=True)["input_ids"]
+        if tok.eos_token_id is not None:
+            ids = ids + [tok.eos_token_id]
+        return Tokenized(ids, list(ids), replay)
+    if not tok.chat_template:
+        raise InputError("chat example but the tokenizer has no chat template", file=ex.source)
+    text, spans = _render_chat(tok, ex.messages or [], system_prompt)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    starts = [s for s, _ in spans]
+    labels = []
+    for tid, (a, b) in zip(ids, offsets):
+        # A token is learned if it starts inside an assistant span (answer text + end-of-turn marker).
+        k = bisect.bisect_right(starts, a) - 1
+        inside = k >= 0 and spans[k][0] <= a < spans[k][1] and b > a
+        labels.append(tid if inside else IGNORE)
+    return Tokenized(ids, labels, replay)

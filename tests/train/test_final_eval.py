@@ -33,3 +33,14 @@ def test_loop_scores_the_subset_and_the_selected_checkpoint_the_full_sets(tiny_r
     assert "on what the loop does not score" in report and "| domain/qa_recall |" in report
     assert "per token (every answer token weighs the same" in report and "per prompt (mean of each prompt's token mean)" in report
     assert "KL weight steered" not in report  # no budget: the weight was fixed
+
+
+def test_heldout_measure_is_off_by_default_and_asks_nothing_of_the_base(tiny_run: Path) -> None:
+    from rich.console import Console
+
+    from forgetless.train.final_eval import heldout_base_reference
+
+    cfg = load_config(tiny_run / "cfg.yaml", ["eval.heldout_general=none"])
+    assert load_config(None, []).eval.heldout_general == "none"
+    # model=None: with the measure off, the base is never asked for an answer.
+    assert heldout_base_reference(cfg, None, None, base_fingerprint="b", tokenizer_fingerprint="t", device="cpu", console=Console(quiet=True)) is None  # type: ignore[arg-type]

@@ -184,12 +184,12 @@ def test_tiny_run_over_budget_raises_the_weight_until_drift_is_back_under(tiny_r
     kl = [h["general/kl"] for h in hist]
     w = [h.get("kl_control/weight") for h in hist]
     breach = next(i for i, k in enumerate(kl) if k > 0.012)
-    assert hist[breach]["budget/inside"] == 0.0
+    assert hist[breach]["budget/outside"] == 1.0
     # Outside the budget the weight climbs (checked at the evaluation after the breach)...
     assert w[breach + 1] > 10 * w[breach]
     # ...and the drift comes back under the budget and stays there.
     assert all(k <= 0.012 for k in kl[breach + 1 :]) and breach + 1 < len(kl)
-    assert hist[-1]["budget/inside"] == 1.0
+    assert hist[-1]["budget/outside"] == 0.0
     # Every term is in metrics.jsonl: the weight, its target, the replay signal and its ratio.
     for key in ("kl_control/target", "kl_control/signal_ema", "kl_control/ratio", "train/replay_kl"):
         assert key in hist[-1], key

@@ -1,5 +1,9 @@
 """The selected checkpoint, scored once on what the loop does not score: the full domain sets
-(the loop scores a fixed subset) and the held-out general prompts with long answers."""
+(the loop scores a fixed subset) and the held-out general prompts with long answers.
+
+The pipeline's steps call :func:`heldout_base_reference` (on the base, before training),
+:func:`evaluate_selection` (after export) and :func:`report_sections` (report.md).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,34 @@ import torch
 from peft.helpers import rescale_adapter_scale
 from safetensors.torch import load_file
 
+from rich.console import Console
+
+from .. import artifacts as A
+from ..adapter import is_peft
+from ..config import RunConfig
 from ..evaluate.domain import DomainData
 from ..evaluate.drift import GeneralReference
-from ..evaluate.heldout import heldout_drift
+from ..evaluate.heldout import heldout_drift, heldout_reference
+from ..evaluate.precision import resolve as resolve_precision
 from ..evaluate.runner import Evaluator
-from .adapters import is_peft
+from .budget import Selection
 from .calibrate import load_adapter_weights
+from .kl_control import kl_control_section
+
+
+def heldout_base_reference(
+    cfg: RunConfig, model: torch.nn.Module, tok: Any, *, base_fingerprint: str, tokenizer_fingerprint: str, device: str, console: Console,
+) -> GeneralReference | None:  # fmt: skip
+    """The base's answers to the held-out general prompts (cached); None when
+    ``eval.heldout_general`` is 'none'. Runs on the base, before any training touches it."""
+    if cfg.eval.heldout_general == "none":
+        return None
+    with console.status("held-out general prompts: base answers (cached after the first run)"):
+        return heldout_reference(
+            model, tok, cfg.eval.heldout_general, max_new_tokens=cfg.eval.heldout_max_new_tokens, base_fingerprint=base_fingerprint,
+            tokenizer_fingerprint=tokenizer_fingerprint, topk=cfg.eval.kl_topk, batch_size=cfg.eval.batch_size,
+            system_prompt=cfg.data.system_prompt, precision=resolve_precision(cfg.eval.precision, device),
+        )  # fmt: skip
 
 
 def load_checkpoint_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -74,3 +100,20 @@ def selected_eval_section(selected_eval: dict[str, Any] | None) -> str | None:
             + (f" {after:.4f} ({held['heldout/tokens_after48']} tokens)" if after is not None else ": no answer is longer"),
         ]
     return "\n".join(lines)
+
+
+def evaluate_selection(
+    cfg: RunConfig, model: torch.nn.Module, evaluator: Evaluator, full_domain: DomainData, sel: Selection,
+    heldout: GeneralReference | None, console: Console,
+) -> dict[str, Any] | None:  # fmt: skip
+    """:func:`evaluate_selected` on the run's selected checkpoint at its scale; None when the base was kept."""
+    if sel.step is None:
+        return None
+    with console.status("scoring the selected checkpoint on the full domain sets" + (" and the held-out general prompts" if heldout else "")):
+        ckpt = cfg.run_dir / A.CHECKPOINTS_DIR / f"checkpoint-{sel.step}"
+        return evaluate_selected(model, evaluator, full_domain, ckpt, scale=sel.scale, heldout=heldout)
+
+
+def report_sections(selected_eval: dict[str, Any] | None, history: list[dict[str, Any]]) -> list[str]:
+    """The report.md sections this module and the KL controller add (those with something to say)."""
+    return [s for s in (selected_eval_section(selected_eval), kl_control_section(history)) if s]

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..artifacts import KL_CONTROL_STATE
 from ..errors import ForgetlessError
-from ..evaluate.config import BudgetConfig
+from ..budget import BudgetConfig
 from ..io import atomic_write_text
 from .config import TrainConfig
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..evaluate.runner import Evaluator
+from ..evaluate.runner import Evaluation, Evaluator
 from .callbacks import MetricsRecorder
 from .checkpoints import mark_complete
 from .budget import BudgetJudge
@@ -150,7 +150,8 @@ class ForgetlessTrainer(Trainer):
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Both suites on the current weights; logged, recorded and passed to callbacks."""
-        metrics = self.evaluator.evaluate(self.model, step=self.state.global_step)
+        ev = self.evaluator.evaluate(self.model, step=self.state.global_step)
+        metrics = dict(ev.metrics)
         if self._replay_kl_since_eval:
             # The cheap per-step drift signal next to the general KL it stands for (their ratio is
             # what the controller calibrates on, and what the docs report).
@@ -160,9 +161,7 @@ class ForgetlessTrainer(Trainer):
             self.kl_controller.observe_eval(metrics.get("general/kl"))
             metrics.update(self.kl_controller.terms())
         if self.judge is not None:
-            violations = self.judge.violations(metrics, self.evaluator.last_scores)
-            metrics["budget/violations"] = violations
-            metrics["budget/inside"] = float(not violations)
+            metrics = self.judge.judged(Evaluation(metrics, ev.scores))
         if self.state.is_world_process_zero:
             self.recorder.record_eval(metrics)
         self.eval_history.append(metrics)
