@@ -1,10 +1,17 @@
 """Forgetting benchmark: naive full fine-tuning vs naive LoRA vs the forgetless default.
 
-Same data (the sample domain), same number of optimizer steps, same evaluation. Prints domain
-gain against general drift (KL to base) and general accuracy, and draws a Pareto plot.
+Same data (a domain folder: the sample domain by default), same evaluation. Prints domain gain
+against general drift (KL to base) and general accuracy, and draws a Pareto plot.
 
-    python bench/forgetting.py --steps 110 --extra train.batch_size=4 train.eval_every=22
+    python bench/forgetting.py --steps 110 --extra train.batch_size=4 eval.batch_size=64
     python bench/forgetting.py --steps 110 --seed 1 ...   # the same arms again on seed 1
+    python bench/forgetting.py --arms "naive full FT" --lr-sweep   # the baseline at 3 LRs
+
+The forgetless arm is what a user gets: the library's defaults plus ``budget.general_kl`` and
+nothing else (no rank, LR or step overrides; ``--ours`` adds some for a sweep point, and its name
+then says so). The naive arms are recipes, trained for ``--steps`` steps; ``--lr-sweep`` runs
+each at 3 LRs so the goal is judged against the best one, not a strawman. ``--extra`` applies
+to every arm, except its ``train.``/``lora.`` items, which go to the naive arms only.
 
 Arms run one after another and each writes ``<out>/<arm>/arm.json``; ``--arms`` reruns a subset
 (e.g. a sweep of the forgetless arm with ``--ours``) and the table is built from every arm found
@@ -26,15 +33,29 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from forgetless import artifacts as A
 from forgetless.config import load_config
 from forgetless.pipeline import run_pipeline
+from forgetless.runfolder import read_run_folder
 from forgetless.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+SAMPLE = ROOT / "examples" / "data" / "pharma"
 
-# Each arm: overrides on top of examples/quickstart.yaml.
+# The measurement every arm shares (not a recipe): the domain files, and the evaluation settings
+# of examples/quickstart.yaml that sessions 3-5 measured with (eval batch 64, 24-token general
+# answers, 20-token QA answers), on all 130 general prompts.
+# The held-out general measure is off by default (it costs the demo minutes); every arm here scores
+# its selected checkpoint on it, so no arm's drift is judged only on the prompts it was steered by.
+EVAL = ["eval.batch_size=64", "eval.general_max_new_tokens=24", "eval.qa_max_new_tokens=20", "eval.general_limit=0", "eval.heldout_general=builtin"]
+
+
+def domain_overrides(data: Path) -> list[str]:
+    """A domain folder laid out like examples/data/pharma: documents, training Q&A, held-out sets."""
+    d = data.resolve()
+    return [f"data.train=[{d / 'docs.jsonl'}, {d / 'train_qa.jsonl'}]", f"data.eval_qa={d / 'heldout_qa.jsonl'}", f"data.eval_mc={d / 'heldout_mc.jsonl'}", "data.max_length=256"]
+
+
+# Each arm: overrides on top of the library's defaults (plus the domain and EVAL).
 # Both LoRA arms train the same adapter at the same LR, so that the only difference between them is
 # the forgetting controls. Rank 64 with alpha 64 at lr 1e-3 (warmup 0.1) rather than the demo's r16,
 # alpha 32, lr 2e-3: in the sweep below (docs/benchmarks.md, sessions 4-5) it learned the held-out
@@ -45,14 +66,16 @@ ARMS: dict[str, list[str]] = {
     "naive full FT": ["lora.mode=full", "train.lr=5e-5", "train.scale_sweep=[]", "train.replay_ratio=0"],
     # LoRA alone; nothing holds it near the base.
     "naive LoRA": [*LORA, "train.scale_sweep=[]", "train.replay_ratio=0"],
-    # forgetless: the same LoRA plus the library's defaults for staying close to the base: 30%
-    # self-generated replay trained by KL-to-base at weight 1, early stop after 3 evaluations
-    # outside the budget, the adapter-scale sweep. (They are the defaults; they are spelled out
-    # because the demo config turns replay off and the sweep down.)
-    "forgetless default": [*LORA, "train.replay_ratio=0.3", "train.kl_to_base=1.0", "train.patience=3", "train.scale_sweep=[0.25, 0.5, 0.75]"],
+    # forgetless: the library's defaults (replay, KL-to-base steered by the budget, patience, the
+    # adapter-scale sweep, rank, LR, schedule, training length) and only the budget, set in main().
+    "forgetless default": [],
 }
+# --lr-sweep: 3 LRs per naive arm around its typical value, so the goal is judged against the
+# best of them (the middle one is the arm's default above).
+LR_SWEEP: dict[str, tuple[str, ...]] = {"naive full FT": ("2e-5", "5e-5", "1e-4"), "naive LoRA": ("5e-4", "1e-3", "2e-3")}
+DEFAULT_BUDGET_KL = 0.05
 DOMAIN = ("domain/qa_recall", "domain/mc_acc")
-# The goal is judged on the pipeline's own primary domain score (train/select.py): answer recall.
+# The goal is judged on the pipeline's own primary domain score (forgetless.budget.primary_metric): answer recall.
 GOAL_METRIC = "domain/qa_recall"
 # Its harder part: the 20 questions on the 10 drugs whose facts appear only in documents (no
 # training Q&A). Shown next to the goal, not part of it.
@@ -66,14 +89,15 @@ def arm_dir(out: Path, name: str) -> Path:
 
 def result_row(run_dir: Path, summary: dict) -> dict:
     """The metrics of the arm's selected (or final) model against its base."""
-    hist = [json.loads(l) for l in (run_dir / A.METRICS).read_text().splitlines()]
+    folder = read_run_folder(run_dir)
+    hist = folder.metrics()
     base = hist[0]
     sel = summary.get("selected") or {}
     chosen = next((h for h in hist if h["step"] == sel.get("step")), hist[-1])
     if sel.get("scale", 1.0) != 1.0:
-        curve = json.loads((run_dir / A.SCALE_CURVE).read_text())
+        curve = folder.scale_curve()
         chosen = next(c for c in curve if c["scale"] == sel["scale"])
-    cfg = load_config(run_dir / A.RESOLVED_CONFIG)
+    cfg = folder.config
     row = {"step": chosen["step"], "scale": sel.get("scale", 1.0), "seed": cfg.seed, "general/kl": chosen["general/kl"], **per_step(run_dir, cfg.train)}
     # The evaluator's 95% bootstrap interval: with 60 QA items it is about +-0.11, wider than the
     # differences between most sweep points, so the table shows it next to the score.
@@ -92,7 +116,7 @@ def per_step(run_dir: Path, train: TrainConfig) -> dict[str, float]:
     With the same number of steps, arms can still differ in what a step holds (replay rows take
     part of a batch, or come on top of it): the table shows it rather than hiding it.
     """
-    ds = json.loads((run_dir / A.RUN_INFO).read_text())["dataset"]
+    ds = read_run_folder(run_dir).info()["dataset"]
     batch = train.batch_size * train.grad_accum
     domain_share = (ds["rows"] - ds["replay_rows"]) / ds["rows"]
     return {
@@ -102,48 +126,53 @@ def per_step(run_dir: Path, train: TrainConfig) -> dict[str, float]:
     }
 
 
-def goal_budget(args: argparse.Namespace) -> float:
-    """The forgetless arm's KL budget: as given, else the goal's 10% of the full-FT arm's KL.
+def split_extra(extra: list[str]) -> tuple[list[str], list[str]]:
+    """``--extra`` as (items for every arm, recipe items for the naive arms only)."""
+    recipe = [e for e in extra if e.split("=", 1)[0].split(".")[0] in ("train", "lora")]
+    return [e for e in extra if e not in recipe], recipe
 
-    The seed-0 arm's, whatever the seed being run: every seed of a recipe gets the same budget.
-    """
-    if args.budget_kl is not None:
-        return args.budget_kl
-    full = arm_dir(args.out, "naive full FT") / "arm.json"
-    return round(0.1 * json.loads(full.read_text())["general/kl"], 4) if full.exists() else 0.05
+
+def planned_arms(names: list[str], args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(label, overrides) for every arm to run now: the LR sweep expands each naive arm into 3."""
+    common, recipe = split_extra(args.extra)
+    out = []
+    for name in names:
+        if name not in ARMS:
+            raise SystemExit(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
+        if name == "forgetless default":
+            variants = [(f"{name} {args.name}".strip(), [f"budget.general_kl={args.budget_kl}", *args.ours, *common])]
+        else:
+            base = [*ARMS[name], f"train.max_steps={args.steps}", "budget.general_kl=null", *common, *recipe]
+            lrs = LR_SWEEP[name] if args.lr_sweep else (None,)
+            variants = [(name if lr is None else f"{name} lr {lr}", base + ([f"train.lr={lr}"] if lr else [])) for lr in lrs]
+        for label, ov in variants:
+            if args.seed:
+                ov = [*ov, f"seed={args.seed}"]
+                label += f" seed {args.seed}"
+            out.append((label, ov))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60, help="optimizer steps per arm (same for all)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-forgetting")
-    ap.add_argument("--budget-kl", type=float, default=None, help="the forgetless arm's general KL budget (default: the goal, 10%% of the full-FT arm's KL when that arm is in --out, else 0.05)")
-    ap.add_argument("--extra", nargs="*", default=[], help="overrides applied to every arm")
+    ap.add_argument("--data", type=Path, default=SAMPLE, help="domain folder (docs.jsonl, train_qa.jsonl, heldout_qa.jsonl, heldout_mc.jsonl)")
+    ap.add_argument("--budget-kl", type=float, default=DEFAULT_BUDGET_KL, help="the forgetless arm's budget.general_kl (its only setting)")
+    ap.add_argument("--lr-sweep", action="store_true", help="run each naive arm at its 3 LRs (LR_SWEEP) instead of its default one")
+    ap.add_argument("--extra", nargs="*", default=[], help="overrides for every arm (train./lora. items: the naive arms only)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to (re)run; others are read back from --out")
     ap.add_argument("--ours", nargs="*", default=[], help="extra overrides for the forgetless arm (a sweep point)")
     ap.add_argument("--name", default="", help="suffix for the forgetless arm's name, to keep sweep points side by side")
     ap.add_argument("--seed", type=int, default=0, help="seed for every arm run now (data order, LoRA init, replay sampling); arms with seed != 0 get ' seed N' in their name")
     args = ap.parse_args()
     console = Console(width=240)
-    for name in [a.strip() for a in args.arms.split(",") if a.strip()]:
-        if name not in ARMS:
-            raise SystemExit(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
-        overrides = list(ARMS[name])
-        label = name
-        if name == "forgetless default":
-            overrides += args.ours
-            label = f"{name} {args.name}".strip()
-        if args.seed:
-            overrides.append(f"seed={args.seed}")
-            label += f" seed {args.seed}"
+    for label, overrides in planned_arms([a.strip() for a in args.arms.split(",") if a.strip()], args):
         run_dir = arm_dir(args.out, label)
         shutil.rmtree(run_dir, ignore_errors=True)
-        budget = goal_budget(args) if name == "forgetless default" else "null"
-        # KL on all 130 general prompts in every arm (the demo's config uses 65 in the loop for
-        # speed): the goal compares KLs across arms, so they must come from the same prompts.
-        ov = [f"run_dir={run_dir}", f"train.max_steps={args.steps}", f"budget.general_kl={budget}", "eval.general_limit=0", *overrides, *args.extra]
+        ov = [f"run_dir={run_dir}", *domain_overrides(args.data), *EVAL, *overrides]
         t = time.time()
-        summary = run_pipeline(load_config(QUICKSTART, ov), console=console)
+        summary = run_pipeline(load_config(None, ov), console=console)
         row = {**result_row(run_dir, summary), "seconds": round(time.time() - t), "overrides": ov}
         (run_dir / "arm.json").write_text(json.dumps({"arm": label, **row}, indent=2))
     # Rows are re-read from each run folder, so arms recorded by an older version of this script
@@ -151,8 +180,8 @@ def main() -> None:
     rows = {}
     for p in sorted(args.out.glob("*/arm.json")):
         r = json.loads(p.read_text())
-        rows[r["arm"]] = {**r, **result_row(p.parent, json.loads((p.parent / A.SUMMARY).read_text()))}
-    table = Table(title=f"Forgetting benchmark: {args.steps} steps each, sample domain, {load_config(QUICKSTART).model.name}")
+        rows[r["arm"]] = {**r, **result_row(p.parent, read_run_folder(p.parent).summary())}
+    table = Table(title=f"Forgetting benchmark: {args.data.name} domain, naive arms {args.steps} steps, forgetless the library defaults + budget.general_kl {args.budget_kl}")
     cols = ["step", "scale", f"{GOAL_METRIC} 95%", "gain domain/qa_recall", f"gain {DOC_ONLY}", "gain domain/mc_acc", "general/kl", "gain general/knowledge_mc", "domain rows/step", "replay rows/step", "tokens/step", "seconds"]
     table.add_column("arm")
     for c in cols:
@@ -161,10 +190,10 @@ def main() -> None:
     for name, r in rows.items():
         table.add_row(name, *[f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
     console.print(table)
-    for line in goal_lines(rows):
+    for line in goal_lines(rows, args.budget_kl):
         console.print(line)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, args.out / "pareto.png")
+    plot(rows, args.out / "pareto.png", args.budget_kl)
 
 
 def recipe(name: str) -> str:
@@ -190,19 +219,30 @@ def mean(group: list[dict], key: str) -> float:
     return sum(r.get(key, 0.0) for r in group) / len(group)
 
 
-def goal_lines(rows: dict[str, dict]) -> list[str]:
-    """The issue's goal for every forgetless recipe, judged on means over seeds.
+def best_full_ft(groups: dict[str, list[dict]]) -> tuple[str, list[dict]] | None:
+    """The full fine-tuning recipe (one LR of the sweep, or the plain arm) with the best mean gain."""
+    full = {k: g for k, g in groups.items() if k.startswith("naive full FT")}
+    if not full:
+        return None
+    key = max(full, key=lambda k: mean(full[k], f"gain {GOAL_METRIC}"))
+    return key, full[key]
 
-    One run cannot separate 82% from 90%: the held-out set has 60 questions (a step of 1.7%
+
+def goal_lines(rows: dict[str, dict], budget: float) -> list[str]:
+    """The goal for every forgetless recipe, judged on means over seeds: at least the best full
+    fine-tuning LR's held-out gain, at general KL <= ``budget``.
+
+    One run cannot separate close recipes: the held-out set has 60 questions (a step of 1.7%
     of recall) and full FT's own selected recall moved from 0.283 to 0.217 between two seeds. So
     each recipe's mean gain and mean KL over its seeds are compared with the mean of full FT's.
     """
     groups = groups_of(rows)
-    full = groups.get("naive full FT")
-    if full is None:
+    best = best_full_ft(groups)
+    if best is None:
         return []
+    full_key, full = best
     g_full, kl_full, doc_full = mean(full, f"gain {GOAL_METRIC}"), mean(full, "general/kl"), mean(full, f"gain {DOC_ONLY}")
-    lines = [f"naive full FT over {len(full)} seed(s): {GOAL_METRIC} gain {g_full:.3f}, general KL {kl_full:.3f}"]
+    lines = [f"best full FT ({full_key}) over {len(full)} seed(s): {GOAL_METRIC} gain {g_full:.3f}, general KL {kl_full:.3f}"]
     for key, g in groups.items():
         if not key.startswith("forgetless"):
             continue
@@ -212,14 +252,14 @@ def goal_lines(rows: dict[str, dict]) -> list[str]:
         seeds = f"seeds {', '.join(str(r['seed']) for r in g)}" if len(g) > 1 else f"seed {g[0]['seed']}"
         doc = mean(g, f"gain {DOC_ONLY}") / doc_full if doc_full > 0 else float("nan")
         lines.append(
-            f"{key} ({seeds}; gains {gains}; KL {kls}): keeps {keep:.0%} of full FT's {GOAL_METRIC} gain "
-            f"(goal >= 90%) at {mean(g, 'general/kl') / kl_full:.0%} of its general KL (goal <= 10%); "
-            f"on doc-only drugs {doc:.0%} of full FT's gain"
+            f"{key} ({seeds}; gains {gains}; KL {kls}): {keep:.0%} of the best full FT's {GOAL_METRIC} gain "
+            f"(goal >= 100%) at mean general KL {mean(g, 'general/kl'):.3f} (goal <= {budget}), {mean(g, 'general/kl') / kl_full:.0%} of full FT's; "
+            f"on doc-only facts {doc:.0%} of full FT's gain"
         )
     return lines
 
 
-def plot(rows: dict[str, dict], path: Path) -> None:
+def plot(rows: dict[str, dict], path: Path, budget: float) -> None:
     """Domain gain (y) against general KL (x), with the goal's corner shaded: up and left is better."""
     import matplotlib
 
@@ -228,11 +268,11 @@ def plot(rows: dict[str, dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(10, 5))
     groups = groups_of(rows)
-    full = groups.get("naive full FT")
-    if full is not None and mean(full, "general/kl") > 0:
-        # The issue's goal: >= 90% of full FT's domain gain at <= 10% of its KL (means over seeds).
+    best = best_full_ft(groups)
+    if best is not None:
+        # The goal: at least the best full FT's domain gain at KL <= the budget (means over seeds).
         top = max(r.get(f"gain {GOAL_METRIC}", 0.0) for r in rows.values()) * 1.1
-        ax.fill_between([0, 0.1 * mean(full, "general/kl")], 0.9 * mean(full, f"gain {GOAL_METRIC}"), top, color="tab:green", alpha=0.12, label="goal")
+        ax.fill_between([0, budget], mean(best[1], f"gain {GOAL_METRIC}"), top, color="tab:green", alpha=0.12, label="goal")
     for i, (name, r) in enumerate(rows.items()):
         # A legend rather than labels: sweep points often share a recall (steps of 1/60) and a KL.
         # Markers change with the colours, so more than 10 arms stay distinguishable.

@@ -75,7 +75,7 @@ def tiny_run(tmp_path: Path, tiny_model_dir: Path) -> Path:
             run_dir: {tmp_path / 'run'}
             model: {{name: {tiny_model_dir}}}
             data: {{train: [train.jsonl], eval_qa: qa.jsonl, eval_mc: mc.jsonl, max_length: 32}}
-            eval: {{general_prompts: {tmp_path / "general.jsonl"}, general_max_new_tokens: 6, qa_max_new_tokens: 4, general_suites: [knowledge_mc], suite_limits: {{knowledge_mc: 4}}}}
+            eval: {{general_prompts: {tmp_path / "general.jsonl"}, general_max_new_tokens: 6, heldout_general: {tmp_path / "general.jsonl"}, heldout_max_new_tokens: 8, qa_max_new_tokens: 4, general_suites: [knowledge_mc], suite_limits: {{knowledge_mc: 4}}}}
             train: {{max_steps: 6, batch_size: 2, lr: 0.01, eval_every: 3, warmup_ratio: 0.0, scale_sweep: [0.5], replay_ratio: 0.0}}
             lora: {{r: 4, alpha: 8, dropout: 0.0}}
             """

@@ -14,6 +14,7 @@ RUN_INFO = "run_info.json"  # library versions, hashes of base weights, tokenize
 METRICS = "metrics.jsonl"  # one line per evaluation (step 0 = base) with both suites
 CHECKPOINTS_DIR = "checkpoints"  # HF Trainer checkpoints: adapter + optimizer + scheduler + RNG
 CHECKPOINT_COMPLETE = "COMPLETE"  # written last inside a checkpoint; a checkpoint without it is never loaded
+KL_CONTROL_STATE = "kl_control.json"  # inside a checkpoint: the adaptive KL weight's state, for exact resume
 TENSORBOARD_DIR = "tensorboard"
 CURVES_PNG = "curves.png"  # domain and general curves against steps
 REPORT_MD = "report.md"  # domain gain and general drift per checkpoint, verdict

@@ -29,6 +29,7 @@ from .evaluate.drift import GeneralReference, cached_reference, load_general_pro
 from .evaluate.precision import resolve as resolve_precision
 from .evaluate.runner import Evaluator, eval_timing
 from .evaluate.served import served_report
+from .evaluate.subset import subset_domain
 from .integrations.callback import ForgetlessCallback
 from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
@@ -41,6 +42,7 @@ from .train.calibrate import bake_scale, calibrate_scale, load_adapter_weights
 from .train.callbacks import MetricsRecorder, is_main_process
 from .train.checkpoints import copy_checkpoint, find_resume_point
 from .train.dataset import PackedDataset, build_dataset
+from .train.final_eval import evaluate_selection, heldout_base_reference, report_sections
 from .train.regularizers import build_regularizers
 
 STEPS = ("data", "model", "base reference", "train", "select", "export", "report")
@@ -65,6 +67,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     step("base reference", "(general prompts; cached after the first run)")
     replay = data.replay if data.replay is not None or cfg.train.replay_ratio <= 0 else self_replay(base, console)
     ref = base_reference(cfg, base, console)
+    heldout = heldout_base_reference(cfg, base.model, base.tok, base_fingerprint=base.fingerprint, tokenizer_fingerprint=base.tok_fingerprint, device=base.device, console=console)
     extension = extend_tokens(cfg, base.model, base.tok, data.examples, run_dir, console)
     dataset = build_dataset(
         base.tok, data.examples, max_length=cfg.data.max_length, packing=cfg.train.packing, system_prompt=cfg.data.system_prompt,
@@ -90,11 +93,12 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
 
     step("export")
     export_dir = export_selection(cfg, model, base.tok, sel, extension, console)
+    selected_eval = evaluate_selection(cfg, model, evaluator, data.domain, sel, heldout, console)
     router_info = calibrate_serving_router(cfg, model, base.tok, data.examples, run_dir, console)
 
     step("report")
-    summary = make_summary(cfg, sel, trained, export_dir, router_info, time.time() - t_start)
-    write_reports(cfg, run_dir, trained.history, summary, scale_curve)
+    summary = make_summary(cfg, sel, trained, export_dir, router_info, time.time() - t_start, selected_eval)
+    write_reports(cfg, run_dir, trained.history, summary, scale_curve, report_sections(selected_eval, trained.history))
     served_report(cfg, run_dir, console)  # opt-in (eval.served_report): router + adapter + base scored as served
     print_table(console, trained.history, summary)
     console.print(f"run folder: {run_dir} (report.md, report.html, curves.png, adapter/)")
@@ -231,9 +235,9 @@ def plan_steps(n_rows: int, cfg: RunConfig) -> tuple[int, int]:
 
 
 def make_evaluator(cfg: RunConfig, base: Base, domain: DomainData, ref: tuple[GeneralReference, Path]) -> Evaluator:
-    """Both suites, as run at every checkpoint."""
+    """Both suites, as run at every checkpoint (the domain sets on a fixed, seeded, stratified subset)."""
     return Evaluator(
-        base.tok, domain, ref[0], batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
+        base.tok, subset_domain(domain, cfg.eval.domain_limit, seed=cfg.seed), ref[0], batch_size=cfg.eval.batch_size, qa_max_new_tokens=cfg.eval.qa_max_new_tokens,
         system_prompt=cfg.data.system_prompt, general_suites=tuple(cfg.eval.general_suites), suite_limits=cfg.eval.suite_limits,
         base_cache_key=f"{base.fingerprint}:{base.tok_fingerprint}", precision=resolve_precision(cfg.eval.precision, base.device),
     )  # fmt: skip
@@ -347,13 +351,15 @@ def calibrate_serving_router(cfg: RunConfig, model: torch.nn.Module, tok: Any, e
     return info
 
 
-def make_summary(cfg: RunConfig, sel: Selection, trained: Trained, export_dir: Path | None, router_info: dict[str, Any] | None, total_s: float) -> dict[str, Any]:
-    """summary.json: the verdict, the selection, the budget and what everything cost."""
+def make_summary(cfg: RunConfig, sel: Selection, trained: Trained, export_dir: Path | None, router_info: dict[str, Any] | None, total_s: float,
+                 selected_eval: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """summary.json: the verdict, the selection (and its scores on the full sets), the budget and what everything cost."""
     history = trained.history
     return {
         "verdict": sel.verdict,
         "selected": sel.as_summary(),
         "early_stop_step": trained.stopped_at,
+        "selected_eval": selected_eval,
         "base": history[0] if history else None,
         "final": history[-1] if history else None,
         "budget": cfg.budget.model_dump(),
@@ -363,11 +369,12 @@ def make_summary(cfg: RunConfig, sel: Selection, trained: Trained, export_dir: P
     }  # fmt: skip
 
 
-def write_reports(cfg: RunConfig, run_dir: Path, history: list[dict[str, Any]], summary: dict[str, Any], scale_curve: list[dict[str, Any]]) -> None:
+def write_reports(cfg: RunConfig, run_dir: Path, history: list[dict[str, Any]], summary: dict[str, Any], scale_curve: list[dict[str, Any]],
+                  sections: list[str] | None = None) -> None:  # fmt: skip
     """summary.json, curves.png, report.md and the offline report.html."""
     from .deploy.report_html import write_report as write_html_report
 
     atomic_write_json(run_dir / A.SUMMARY, summary)
     plot_curves(history, run_dir / A.CURVES_PNG, budget_kl=cfg.budget.general_kl)
-    write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary, budget=cfg.budget, scale_curve=scale_curve)
+    write_report(run_dir / A.REPORT_MD, title=f"forgetless run: {run_dir.name}", history=history, summary=summary, budget=cfg.budget, scale_curve=scale_curve, extra_sections=sections)
     write_html_report(run_dir)  # the same, offline in a browser: curves embedded, lineage, verdict

@@ -22,6 +22,7 @@ from forgetless.models import load_model, load_tokenizer
 from forgetless.pipeline import run_pipeline
 from forgetless.train.adapters import attach_adapter
 from forgetless.train.dataset import PackedCollator, build_dataset
+from forgetless.train.kl_control import make_kl_controller
 
 
 REPLAY = [
@@ -169,7 +170,8 @@ def _user_trainer(cfg, tiny_run: Path, out: Path, trainer_cls: type):  # noqa: A
     )  # fmt: skip
     trainer = forgetless_trainer(trainer_cls)(
         model=model, args=args, train_dataset=ds, processing_class=tok, data_collator=PackedCollator(pad_id=tok.pad_token_id, replay_kl_only=True),
-        callbacks=[fl], kl_to_base=t.kl_to_base, **extra,
+        # The pipeline steers the KL weight towards the budget (train.kl_control: auto): so does the mixin.
+        callbacks=[fl], kl_to_base=t.kl_to_base, kl_controller=make_kl_controller(t, cfg.budget, kl_weight=t.kl_to_base), **extra,
     )  # fmt: skip
     return trainer
 
@@ -192,6 +194,8 @@ def test_same_metrics_as_forgetless_run(tiny_run: Path, kind: str) -> None:
                 assert hu[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (hp["step"], k)
         assert (hu["budget/state"], hu["budget/outside"], hu["budget/violations"]) == (hp["budget/state"], hp["budget/outside"], hp["budget/violations"])
     assert any(h.get("reg/kl_to_base", 0) > 0 for h in trainer.state.log_history)
+    # The steered weight and the replay KL are on both runs' evaluation lines (compared above).
+    assert all("kl_control/weight" in h and "train/replay_kl" in h for h in user[1:])
     logged = [h for h in trainer.state.log_history if "eval_general/kl" in h]
     assert [(h["step"], h["eval_general/kl"]) for h in logged] == [(h["step"], h["general/kl"]) for h in user]
 

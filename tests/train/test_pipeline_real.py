@@ -26,7 +26,7 @@ def test_real_model_with_domain_tokens(tmp_path: Path) -> None:
         [
             f"run_dir={tmp_path / 'run'}", f"data.train=[{tmp_path / 'train.jsonl'}]", f"data.eval_qa={tmp_path / 'qa.jsonl'}",
             "data.max_length=128", "train.max_steps=2", "train.batch_size=2", "train.lr=1e-3", "train.scale_sweep=[]", "train.replay_ratio=0",
-            "eval.general_limit=6", "eval.general_max_new_tokens=12", "eval.qa_max_new_tokens=8", "eval.general_suites=[]",
+            "eval.general_limit=6", "eval.general_max_new_tokens=12", "eval.heldout_max_new_tokens=8", "eval.qa_max_new_tokens=8", "eval.general_suites=[]",
             "tokens.enabled=true", f"tokens.terms_file={tmp_path / 'terms.json'}",
         ],
     )  # fmt: skip

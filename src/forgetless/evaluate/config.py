@@ -22,6 +22,21 @@ class EvalConfig(_Section):
         48, ge=1, description="Length of the base model's cached greedy answers that KL is measured on."
     )
     general_limit: int = Field(0, ge=0, description="Use only the first N general prompts (0: all). Fewer is faster and noisier.")
+    domain_limit: int = Field(
+        # Evaluation cost independent of the eval-set size: 180 QA + 180 MC items took 64-200 s
+        # per in-loop evaluation on CPU. 60 keeps the whole sample domain (60 + 60 items).
+        60, ge=0,
+        description="Items per domain set (QA, MC, text) scored at each checkpoint: a fixed subset, drawn once with the run's seed and stratified by each record's 'split' and 'attribute' (0: all). The full sets are scored once, on the selected checkpoint.",
+    )
+    heldout_general: str = Field(
+        # Off by default: the base's 128-token answers to 48 prompts cost minutes on CPU the first
+        # time (then cached), which the demo's time limit cannot afford. Turn on with 'builtin'.
+        "none",
+        description="General prompts never used in the loop, scored once on the selected checkpoint: 'none' (off, the default), 'builtin' (48 conversational prompts, written apart from the in-loop set), or a JSONL file with 'prompt'.",
+    )
+    heldout_max_new_tokens: int = Field(
+        128, ge=1, description="Length of the base's answers to the held-out prompts (longer than the loop's, to see drift along the answer)."
+    )
     qa_max_new_tokens: int = Field(24, ge=1, description="Generation length for domain QA answers.")
     batch_size: int = Field(16, ge=1, description="Sequences per forward pass during evaluation.")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -270,6 +270,11 @@ class ForgetlessCallback(TrainerCallback):
         model = model if model is not None else self.trainer.model  # type: ignore[union-attr]
         with own_precision(model):
             ev = self.evaluator.evaluate(model, step=state.global_step)
+        extra = getattr(self.trainer, "kl_eval_terms", None)
+        if extra is not None:
+            # The per-step replay KL and the KL controller (re-aimed on this evaluation's general
+            # KL) go on the same line, before the budget is judged.
+            ev = Evaluation({**ev.metrics, **extra(ev.metrics.get("general/kl"))}, ev.scores)
         metrics = judge_budget(self.judge, ev)
         if state.is_world_process_zero:
             self.recorder.record_eval(metrics)

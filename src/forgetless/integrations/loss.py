@@ -13,11 +13,14 @@ Replay rows are the rows with ``replay: True`` in the training dataset (see
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..train.dataset import IGNORE, PackedCollator
+from ..train.kl_control import KLController
 from ..train.regularizers import Regularizers, global_token_mean
 
 REPLAY = "replay"  # the dataset column that marks replay rows
@@ -69,6 +72,9 @@ class ForgetlessLossMixin:
       (:func:`forgetless.train.regularizers.estimate_fisher` on general data).
     - ``replay_ce``: also train replay rows with cross-entropy (default off when ``kl_to_base`` > 0).
     - ``regularizers``: a ready :class:`Regularizers` instead of the weights above.
+    - ``kl_controller``: a :class:`KLController` that steers the KL weight towards the budget
+      (``kl_to_base`` is then only its starting weight). It reads each step's replay KL, its state
+      goes into every checkpoint (``kl_control.json``) and is restored on resume.
 
     Terms are added when gradients are on (training), not to evaluation losses.
     """
@@ -82,19 +88,29 @@ class ForgetlessLossMixin:
         fisher: dict[str, torch.Tensor] | None = None,
         replay_ce: bool = False,
         regularizers: Regularizers | None = None,
+        kl_controller: KLController | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers)
+        self._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller)
 
     def _init_forgetless(
-        self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None
-    ) -> None:
+        self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None,
+        kl_controller: KLController | None = None,
+    ) -> None:  # fmt: skip
         if regularizers is None and (kl_to_base or l2sp or ewc):
             # After the parent's init: TRL wraps the model in PEFT there, and the terms need the final model.
             regularizers = Regularizers(self.model, kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher)  # type: ignore[attr-defined]
         self.regularizers = regularizers if regularizers is not None and regularizers.active else None
         self._terms: dict[str, list[float]] = {}
+        # A controller only steers a KL term that is there.
+        self.kl_controller = kl_controller if self.regularizers is not None and self.regularizers.kl_weight else None
+        # Per-step replay KL since the last evaluation: recorded next to the general KL it stands for.
+        self._replay_kl_since_eval: list[float] = []
+        if self.kl_controller is not None and not any(isinstance(cb, _KLControlStep) for cb in self.callback_handler.callbacks):  # type: ignore[attr-defined]
+            # First in line: a callback that evaluates in its own on_step_end (ForgetlessCallback's
+            # ``every``) must see the controller after this step, as the Trainer's evaluation does.
+            self.callback_handler.callbacks.insert(0, _KLControlStep(self))  # type: ignore[attr-defined]
         for cb in self.callback_handler.callbacks:  # type: ignore[attr-defined]
             self._bind(cb)
         if self.regularizers is not None and self.regularizers.kl_weight and not isinstance(self.data_collator, PackedCollator):  # type: ignore[attr-defined]
@@ -169,7 +185,7 @@ class ForgetlessLossMixin:
         for name, weight, term in (
             # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
             # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
-            ("kl_to_base", regs.kl_weight, self._kl_to_base(model, kl_inputs, logits, replay) if regs.kl_weight else None),
+            ("kl_to_base", self.kl_weight, self._kl_to_base(model, kl_inputs, logits, replay) if regs.kl_weight else None),
             ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
             ("ewc", regs.ewc_weight, regs.ewc_term(model)),
         ):
@@ -191,9 +207,66 @@ class ForgetlessLossMixin:
         bare = self.accelerator.unwrap_model(model)  # type: ignore[attr-defined]
         world = self.accelerator.num_processes  # type: ignore[attr-defined]
         if world == 1:
-            return regs.kl_term(bare, inputs, logits, replay)  # type: ignore[arg-type]
+            term = regs.kl_term(bare, inputs, logits, replay)  # type: ignore[arg-type]
+            if term is not None:
+                self._observe_kl(float(term.detach()))
+            return term
         total, n = regs.kl_sum(bare, inputs, logits, replay)
-        return global_token_mean(total, n, world, lambda t: self.accelerator.reduce(t, reduction="sum"))  # type: ignore[attr-defined]
+
+        def all_sum(t: torch.Tensor) -> torch.Tensor:
+            return self.accelerator.reduce(t, reduction="sum")  # type: ignore[attr-defined]
+
+        term = global_token_mean(total, n, world, all_sum)
+        if term is not None:
+            # The controller needs the same number on every rank (each rank steers its own copy
+            # of the weight): the mean over all ranks' replay tokens, not this rank's share.
+            self._observe_kl(float(all_sum(total.detach().clone()) / all_sum(n.detach().clone())))
+        return term
+
+    @property
+    def kl_weight(self) -> float:
+        """The KL-to-base weight for the current step: the controller's, else the fixed one."""
+        if self.kl_controller is not None:
+            return self.kl_controller.weight
+        return self.regularizers.kl_weight if self.regularizers is not None else 0.0
+
+    def _observe_kl(self, kl: float) -> None:
+        self._replay_kl_since_eval.append(kl)
+        if self.kl_controller is not None:
+            self.kl_controller.observe(kl)
+
+    def kl_eval_terms(self, general_kl: float | None) -> dict[str, float]:
+        """What an evaluation adds to its metrics line: ``train/replay_kl`` (mean per-step replay KL
+        since the previous evaluation) and, with a controller, its ``kl_control/*`` terms after it
+        has re-aimed on the measured ``general_kl``."""
+        out: dict[str, float] = {}
+        if self._replay_kl_since_eval:
+            # The cheap per-step drift signal next to the general KL it stands for (their ratio is
+            # what the controller calibrates on, and what the docs report).
+            out["train/replay_kl"] = sum(self._replay_kl_since_eval) / len(self._replay_kl_since_eval)
+            self._replay_kl_since_eval = []
+        if self.kl_controller is not None:
+            self.kl_controller.observe_eval(general_kl)
+            out.update(self.kl_controller.terms())
+        return out
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):  # noqa: ANN201
+        """The parent's train; a resumed run first restores the KL controller's state."""
+        if self.kl_controller is not None and resume_from_checkpoint:
+            ckpt = resume_from_checkpoint
+            if ckpt is True:
+                from transformers.trainer_utils import get_last_checkpoint
+
+                ckpt = get_last_checkpoint(self.args.output_dir)  # type: ignore[attr-defined]
+            if ckpt:
+                self.kl_controller.load(Path(ckpt))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)  # type: ignore[misc]
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        if self.kl_controller is not None and self.args.should_save:  # type: ignore[attr-defined]
+            # Inside the checkpoint, before anything marks it complete: a resume steers on from here.
+            self.kl_controller.save(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}")  # type: ignore[attr-defined]
 
     def _note(self, name: str, value: torch.Tensor) -> None:
         self._terms.setdefault(name, []).append(float(value.detach()))
@@ -205,6 +278,8 @@ class ForgetlessLossMixin:
                 if vals:
                     logs[f"reg/{name}"] = sum(vals) / len(vals)
             self._terms = {}
+            if self.kl_controller is not None:
+                logs.update(self.kl_controller.terms())
         super().log(logs, start_time)  # type: ignore[misc]
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -215,6 +290,18 @@ class ForgetlessLossMixin:
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)  # type: ignore[attr-defined]
             return metrics
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # type: ignore[misc]
+
+
+class _KLControlStep(TrainerCallback):
+    """Moves the KL controller once per optimizer step, after the step's micro-batches."""
+
+    def __init__(self, trainer: ForgetlessLossMixin) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> TrainerControl:
+        if self.trainer.kl_controller is not None:
+            self.trainer.kl_controller.step()
+        return control
 
 
 @lru_cache(maxsize=None)
@@ -235,6 +322,7 @@ def add_forgetting_controls(
     fisher: dict[str, torch.Tensor] | None = None,
     replay_ce: bool = False,
     regularizers: Regularizers | None = None,
+    kl_controller: KLController | None = None,
 ) -> Any:
     """Give a trainer that something else built the :class:`ForgetlessLossMixin` terms, in place.
 
@@ -245,5 +333,5 @@ def add_forgetting_controls(
     """
     if not isinstance(trainer, ForgetlessLossMixin):
         trainer.__class__ = forgetless_trainer(type(trainer))
-    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers)
+    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller)
     return trainer

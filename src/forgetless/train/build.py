@@ -22,6 +22,7 @@ from ..integrations.callback import ForgetlessCallback
 from .budget import BudgetJudge
 from .callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback
 from .dataset import PackedCollator
+from .kl_control import make_kl_controller
 from .regularizers import Regularizers
 from .trainer import ForgetlessTrainer
 
@@ -92,6 +93,8 @@ def build_trainer(
         train_dataset=dataset,
         data_collator=PackedCollator(pad_id=tok.pad_token_id or 0, replay_kl_only=t.kl_to_base > 0 and not t.replay_ce),
         regularizers=regularizers,
+        # With a KL budget the budget steers the KL weight during training (train.kl_control).
+        kl_controller=make_kl_controller(t, cfg.budget, kl_weight=regularizers.kl_weight) if regularizers is not None else None,
         callbacks=[EvalScheduleCallback(every), *([callback] if callback else []), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
         optimizers=optimizers,
     )

@@ -130,6 +130,25 @@ class TrainConfig(_Section):
         1.0, ge=0,
         description="Weight of KL(base || tuned) on replay rows (base = adapter disabled). The most direct guard against drift; needs replay data.",
     )
+    kl_control: Literal["auto", "fixed"] = Field(
+        # auto steers only when there is something to steer towards: with no budget.general_kl
+        # (or no KL term) the weight stays train.kl_to_base, as with fixed.
+        "auto",
+        description="auto: with a budget.general_kl set, the KL-to-base weight is adapted every step (starting at kl_to_base) so the drift sits at kl_target x the budget; fixed: always kl_to_base.",
+    )
+    kl_weight_min: float = Field(0.05, gt=0, description="Lowest KL-to-base weight the controller may set (train.kl_control: auto).")
+    kl_weight_max: float = Field(20.0, gt=0, description="Highest KL-to-base weight the controller may set (train.kl_control: auto).")
+    kl_gain: float = Field(
+        # 0.2 with the relative error clipped at +-0.5: at most x1.105 per step, so about 7 steps to
+        # double the weight; a run of ~100 steps can move it 10x either way within 25 steps.
+        0.2, gt=0, description="How fast the controller moves: change of log(weight) per step per unit of relative error (clipped at +-0.5).",
+    )
+    kl_target: float = Field(
+        # Under 1: the per-step signal is noisy and the budget is a ceiling every selected
+        # checkpoint must respect, so the controller aims a margin below it.
+        0.8, gt=0, le=1,
+        description="Where the controller aims the drift, as a fraction of budget.general_kl.",
+    )
     replay_ce: bool = Field(
         # Off: with kl_to_base > 0 a replay row's target is the base's whole next-token
         # distribution, not the one answer it sampled. Cross-entropy on a few hundred greedy
@@ -156,6 +175,12 @@ class TrainConfig(_Section):
         default_factory=lambda: [0.25, 0.5, 0.75],
         description="Adapter scales (WiSE-FT for adapters) tried after training on the best checkpoint; [] disables calibration.",
     )
+
+    @model_validator(mode="after")
+    def _kl_bounds(self) -> TrainConfig:
+        if self.kl_weight_min > self.kl_weight_max:
+            raise ValueError(f"kl_weight_min ({self.kl_weight_min}) must not exceed kl_weight_max ({self.kl_weight_max})")
+        return self
 
     @model_validator(mode="after")
     def _kl_needs_replay(self) -> TrainConfig:
