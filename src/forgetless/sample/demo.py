@@ -133,6 +133,9 @@ def plot_comparison(summaries: dict[str, dict[str, Any]], histories: dict[str, l
         ax.scatter([chosen.get("general/kl")], [chosen.get("domain/qa_recall")], marker="*", s=250, color=color, zorder=5, label=f"{arm}: exported")
     ax.axvline(budget_kl, color="gray", linestyle="--", label=f"budget {budget_kl:g} nats/token")
     ax.set_xscale("symlog", linthresh=0.01)
+    # KL is never negative; leave room right of the largest drift so its marker is not cut.
+    drift = [h.get("general/kl", 0.0) for hist in histories.values() for h in hist] + [budget_kl]
+    ax.set_xlim(0, 2 * max(drift))
     ax.set_xlabel("general drift: KL(base || tuned), nats/token (lower is better)")
     ax.set_ylabel("domain: held-out QA recall (higher is better)")
     ax.set_title("Same data, same steps: what each arm learned and what it forgot")
