@@ -29,6 +29,7 @@ from .evaluate.drift import cached_reference, load_general_prompts
 from .evaluate.precision import resolve as resolve_precision
 from .evaluate.runner import Evaluator, eval_timing, is_noop_adapter
 from .io import atomic_write_json, atomic_write_text
+from .promptformat import prompt_format
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
 from .report import history_table, plot_curves, write_report
 from .runinfo import data_hashes, run_info
@@ -121,7 +122,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     atomic_write_json(
         run_dir / A.RUN_INFO,
         run_info(config_yaml=config_yaml, base=base_fp, tokenizer=tok_fp, data=data_hashes(train_files + eval_files),
-                 extra={"model": m.name, "device": device, "eval_precision": eval_precision, "train_precision": resolve_precision(cfg.train.precision, device), "reference": ref_path.name,
+                 extra={"model": m.name, "prompt_format": prompt_format(tok), "device": device, "eval_precision": eval_precision, "train_precision": resolve_precision(cfg.train.precision, device), "reference": ref_path.name,
                         "tokenizer_extended": tokenizer_fingerprint(tok) if extension is not None else None,
                         "dataset": {"examples": len(examples), "rows": len(dataset), "replay_rows": n_replay, "tokens_per_epoch": dataset.num_tokens}}),
     )  # fmt: skip

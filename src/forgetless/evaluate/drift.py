@@ -29,6 +29,7 @@ from ..data import require_fields
 from ..errors import InputError
 from ..hashing import sha256_json
 from ..io import atomic_write_bytes, iter_jsonl
+from ..promptformat import prompt_format
 from .scoring import chat_prompt_ids, generate_greedy, iter_continuation_logprobs
 
 BUILTIN_PROMPTS = "general_prompts.v1.jsonl"
@@ -133,7 +134,7 @@ def build_reference(
         answer_ids=answers,
         topk_ids=tk_ids,
         topk_logprobs=tk_lp,
-        meta={"max_new_tokens": max_new_tokens, "topk": topk},
+        meta={"max_new_tokens": max_new_tokens, "topk": topk, "prompt_format": prompt_format(tok)},
     )
 
 
