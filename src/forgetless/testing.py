@@ -27,9 +27,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over :data:`WORDS` with a ChatML-like chat template."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+# The plain frame's labels (forgetless.promptformat), appended so the other ids do not move.
+PLAIN_WORDS = ["System:", "Question:", "Answer:", "<bos>"]
+
+
+def tiny_tokenizer(*, plain: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` with a ChatML-like chat template.
+
+    ``plain=True``: a base model's tokenizer instead: no chat template, a BOS token, and the plain
+    frame's labels in the vocabulary.
+    """
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS + (PLAIN_WORDS if plain else []))}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
     # Chat markers are matched before whitespace splitting, as in real chat tokenizers.
@@ -37,6 +45,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token=None
     )
+    if plain:
+        from tokenizers import processors
+
+        tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<bos>")
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
