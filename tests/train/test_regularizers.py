@@ -194,3 +194,55 @@ def test_replay_rows_trained_by_kl_only(tiny_run) -> None:  # noqa: ANN001
     assert torch.isfinite(loss) and loss.item() == pytest.approx(2.0 * float(trainer._terms["kl_to_base"][-1]), rel=1e-5)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_chunked_loss_equals_full_logits_loss(tiny_run, monkeypatch, mode) -> None:  # noqa: ANN001
+    """The loss taken from hidden states with the LM head in chunks (forgetless.lmhead) gives the
+    full-logits loss and the same gradients: LM loss, KL to the base on replay rows, and both with
+    chunks smaller than a row (3 positions) so several chunks and a ragged last one are summed."""
+    from forgetless import lmhead
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import build_dataset
+
+    monkeypatch.setattr(lmhead, "CHUNK", 3)
+    monkeypatch.setattr(lmhead.nll_sum, "__kwdefaults__", {"chunk": 3})
+    monkeypatch.setattr(lmhead.kl_sum, "__kwdefaults__", {"base_project": None, "base_ctx": lmhead.contextlib.nullcontext, "chunk": 3})
+    cfg = load_config(tiny_run / "cfg.yaml", ["train.kl_to_base=2.0", "train.replay_ratio=0.5", f"lora.mode={mode}"])
+    tok = tiny_tokenizer()
+    model = _peft() if mode == "lora" else attach_adapter(tiny_model(), LoraSettings(mode="full"))
+    ds = build_dataset(
+        tok, [Example(text="zorvanex is a drug made by acme"), Example(text="the capital of france is paris")], max_length=32, packing=False,
+        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
+    )  # fmt: skip
+    regs = Regularizers(model, kl_to_base=2.0)
+    if mode == "full":  # move the tuned model away from its snapshot, so the KL is not 0
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+    rec = MetricsRecorder(cfg.run_dir / "m.jsonl", cfg.run_dir / "tb")
+    trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=regs)
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])
+    assert bool(batch["replay"].any()) and not bool(batch["replay"].all())
+    results = []
+    for chunked in (True, False):
+        trainer.chunked_loss = chunked
+        trainer._terms = {}
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), dict(trainer._terms), grads))
+    (l1, t1, g1), (l2, t2, g2) = results
+    assert t1["kl_to_base"][0] > 1e-4
+    assert l1 == pytest.approx(l2, rel=1e-5) and t1["kl_to_base"][0] == pytest.approx(t2["kl_to_base"][0], rel=1e-4)
+    assert g1.keys() == g2.keys() and g1
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-6, rtol=1e-4), n

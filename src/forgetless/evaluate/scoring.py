@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..lmhead import lm_split
 from ..promptformat import PLAIN, prompt_format, render_plain
 
 
@@ -69,11 +70,11 @@ def iter_continuation_logprobs(
     the prefix every prompt of a batch shares (the chat template's system turn, 24 of SmolLM2's
     ~37 prompt tokens) runs once (:func:`_prefix_cache`), and the vocabulary projection runs only
     at the positions that predict a continuation token, one item at a time
-    (:func:`_lm_split`): a batch never holds ``batch x length x vocab`` logits, which at Gemma's
+    (:func:`forgetless.lmhead.lm_split`): a batch never holds ``batch x length x vocab`` logits, which at Gemma's
     262k vocabulary is 1 GB for 16 answers of 64 tokens.
     """
     dev = _device(model)
-    split = _lm_split(model)
+    split = lm_split(model)
     lengths = [len(p) + len(c) for p, c in pairs]
     for idx in _length_sorted_batches(lengths, batch_size):
         prompts = [list(pairs[i][0]) for i in idx]
@@ -110,27 +111,6 @@ def iter_continuation_logprobs(
             yield i, F.log_softmax(row_logits.float(), dim=-1)
         if on_batch is not None:
             on_batch(len(idx))
-
-
-def _lm_split(model: torch.nn.Module) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
-    """``(decoder, project)`` of a causal LM: the transformer trunk that returns hidden states, and
-    the LM head (with the model's final logit soft-capping, if any) that turns them into logits.
-
-    Scorers run the trunk once per batch and project only the positions a score needs, item by
-    item, so peak memory holds one item's ``length x vocab`` logits. None for a model that is not
-    laid out as ``<ForCausalLM>.model`` + ``.lm_head`` (the caller then uses the full forward).
-    """
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder, head = getattr(lm, "model", None), getattr(lm, "lm_head", None)
-    if not isinstance(decoder, torch.nn.Module) or not isinstance(head, torch.nn.Module):
-        return None
-    cap = getattr(getattr(lm, "config", None), "final_logit_softcapping", None)
-
-    def project(hidden: torch.Tensor) -> torch.Tensor:
-        logits = head(hidden)
-        return torch.tanh(logits / cap) * cap if cap else logits
-
-    return decoder, project
 
 
 def _prefix_cache(model: PreTrainedModel, prefix: Sequence[int], rows: int) -> object | None:
@@ -267,7 +247,7 @@ def choice_scores(
       ~20% of a small model's work per position, over Gemma's 262k most of it.
     """
     dev = _device(model)
-    split = _lm_split(model)
+    split = lm_split(model)
     out: list[list[tuple[float, int]]] = [[] for _ in items]
     for idx in _length_sorted_batches([len(p) for p, _ in items], batch_size):
         res, mask, pos = _prompt_pass(model, [list(items[i][0]) for i in idx], pad_id)

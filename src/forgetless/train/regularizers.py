@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable
 
@@ -125,6 +126,29 @@ class Regularizers:
         # Logits at t predict token t+1: compare where the next token is a labelled (answer) token.
         mask = labels[:, 1:] != -100
         return kl_base_tuned_sum(base[:, :-1], tuned_logits[rows][:, :-1], mask)
+
+    def kl_sum_hidden(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_hidden: torch.Tensor, labels: torch.Tensor, replay: torch.Tensor | None, project: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`kl_sum` from the trunk's hidden states: the base's trunk runs once (no gradient),
+        both heads project only labelled replay positions, in chunks (:func:`forgetless.lmhead.kl_sum`)."""
+        from ..lmhead import kl_sum, lm_split
+
+        if replay is None or not bool(replay.any()):
+            zero = tuned_hidden.new_zeros((), dtype=torch.float32)
+            return zero, zero.clone()
+        rows = replay.nonzero(as_tuple=True)[0]
+        ids, pos = inputs["input_ids"][rows], inputs["position_ids"][rows]
+        base_model = model if self.peft else self.base_copy
+        split = lm_split(base_model)  # type: ignore[arg-type]
+        assert split is not None
+        base_decoder, base_project = split
+        ctx = model.disable_adapter if self.peft else contextlib.nullcontext
+        with torch.no_grad(), ctx():
+            base_hidden = base_decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        # Hidden state at t predicts token t+1: compare where the next token is a labelled one.
+        mask = labels[rows][:, 1:] != -100
+        return kl_sum(tuned_hidden[rows][:, :-1], base_hidden[:, :-1], mask, project, base_project=base_project, base_ctx=ctx)
 
     def l2sp_term(self, model: torch.nn.Module) -> torch.Tensor | None:
         """Squared distance of the trainable weights (or LoRA's effective update) to the start."""

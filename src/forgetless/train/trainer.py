@@ -16,6 +16,7 @@ from ..evaluate.runner import Evaluator
 from .callbacks import MetricsRecorder
 from .checkpoints import mark_complete
 from .budget import BudgetJudge
+from ..lmhead import HiddenCapture, lm_split, nll_sum
 from .regularizers import Regularizers, global_token_mean
 
 
@@ -32,6 +33,9 @@ class ForgetlessTrainer(Trainer):
         self.regularizers = regularizers if regularizers is not None and regularizers.active else None
         self.eval_history: list[dict[str, Any]] = []
         self._terms: dict[str, list[float]] = {}
+        # Loss from hidden states with the LM head in chunks (same numbers, memory independent of
+        # the vocabulary); False takes the model's full-logits forward (kept for comparison tests).
+        self.chunked_loss = True
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False, num_items_in_batch: Any = None):  # noqa: ANN201
         """Language-model loss on labelled tokens plus the weighted regularizer terms."""
@@ -43,6 +47,9 @@ class ForgetlessTrainer(Trainer):
         # other (measured: logits off by up to 0.16 on a tiny model). No cache -> block-diagonal mask.
         inputs["use_cache"] = False
         regs = self.regularizers
+        split = self._lm_split(model)
+        if split is not None:
+            return self._chunked_loss(model, inputs, replay, kl_labels, num_items_in_batch, split, return_outputs)
         if regs is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         has_lm = bool((inputs["labels"] != -100).any())
@@ -72,6 +79,63 @@ class ForgetlessTrainer(Trainer):
                 self._note(name, term)
                 loss = loss + per_micro * weight * term
         return (loss, outputs) if return_outputs else loss
+
+    def _lm_split(self, model: torch.nn.Module) -> tuple[torch.nn.Module, Any] | None:
+        """The trunk and head of the model, when the loss can be taken from hidden states in chunks.
+
+        Not under FSDP: there the head's weights are only gathered inside the wrapped forward.
+        """
+        if not self.chunked_loss or self.is_fsdp_enabled:
+            return None
+        return lm_split(self.accelerator.unwrap_model(model))
+
+    def _chunked_loss(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], replay: torch.Tensor | None, kl_labels: torch.Tensor | None,
+        num_items_in_batch: Any, split: tuple[torch.nn.Module, Any], return_outputs: bool,
+    ):  # noqa: ANN202
+        """The same loss as the model's own (and the regularizers'), with the LM head applied only at
+        labelled positions and in checkpointed chunks (:mod:`forgetless.lmhead`): memory no longer
+        grows with ``rows x length x vocabulary``."""
+        decoder, project = split
+        labels = inputs.pop("labels")
+        with HiddenCapture(decoder).capturing() as cap:
+            # Through the (possibly DDP-wrapped) model, so its hooks run; logits for one position only.
+            model(**inputs, logits_to_keep=1)
+        hidden = cap.hidden
+        assert hidden is not None, "the model's forward did not run its trunk"
+        has_lm = bool((labels != -100).any())
+        if has_lm:
+            total, n = nll_sum(hidden, labels, project)
+            # As transformers' causal-LM loss: summed and divided by the accumulated batch's token
+            # count when the Trainer passes it, else a mean over this batch's labelled tokens.
+            by_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            loss = total / (num_items_in_batch.to(total.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch) if by_items else total / n.clamp_min(1)
+            if by_items and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        else:
+            loss = hidden.sum() * 0.0  # replay rows trained by KL alone: no LM tokens in this batch
+        regs = self.regularizers
+        if regs is None:
+            return (loss, None) if return_outputs else loss
+        scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+        ga = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        per_micro = 1.0 / ga if scaled else 1.0
+        if has_lm:
+            self._note("lm_loss", loss)
+        kl = None
+        if regs.kl_weight:
+            bare = self.accelerator.unwrap_model(model)
+            total, n = regs.kl_sum_hidden(bare, inputs, hidden, kl_labels if kl_labels is not None else labels, replay, project)
+            world = self.accelerator.num_processes
+            if world == 1:
+                kl = total / n.clamp_min(1.0) if replay is not None and bool(replay.any()) else None
+            else:
+                kl = global_token_mean(total, n, world, lambda t: self.accelerator.reduce(t, reduction="sum"))
+        for name, weight, term in (("kl_to_base", regs.kl_weight, kl), ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)), ("ewc", regs.ewc_weight, regs.ewc_term(model))):
+            if term is not None:
+                self._note(name, term)
+                loss = loss + per_micro * weight * term
+        return (loss, None) if return_outputs else loss
 
     def _kl_to_base(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor, replay: torch.Tensor | None) -> torch.Tensor | None:
         """KL to the base on the replay rows, as a mean over every rank's replay tokens."""
