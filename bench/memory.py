@@ -1,21 +1,22 @@
 """Peak RSS of a whole `forgetless run` per model and evaluation-set size.
 
     nice -n 10 .venv/bin/python bench/memory.py [--models smollm2-135m-instruct,gemma3-270m]
-        [--sizes 60,360] [--steps 2] [--fresh-cache] [--out /tmp/forgetless-memory]
+        [--sizes 60,360] [--steps 2] [--out /tmp/forgetless-memory]
 
 Each measurement is a fresh subprocess running ``forgetless run`` on the sample domain
-(examples/data/pharma: docs.jsonl + train_qa.jsonl for training, the defaults otherwise: LoRA,
-replay 0.3 with KL-to-base, batch 8 x 256 tokens, evaluation batch 16, all 130 general prompts),
-with an evaluation set of ``size`` items: half held-out QA, half multiple choice, the 60 + 60
-sample items repeated as needed (360 = 180 QA + 180 MC). Training runs ``--steps`` optimizer
-steps with one evaluation after them (plus the base at step 0), no adapter-scale sweep; the router
-is calibrated as in every run. Peak RSS is the child's ``ru_maxrss`` as ``os.wait4`` returns it
-(the ``resource.getrusage`` record of that one child): the largest resident set the run reached.
+(examples/data/pharma: docs.jsonl + train_qa.jsonl), with an evaluation set of ``size`` items:
+half held-out QA, half multiple choice, the 60 + 60 sample items repeated as needed (360 = 180 QA
++ 180 MC). Settings are the defaults (LoRA r16 on all linear layers, batch 8 x 256 tokens,
+replay 0.3 with KL to the base, evaluation batch 16) except: ``--steps`` optimizer steps with one
+evaluation after them (plus the base at step 0), no adapter-scale sweep, the demo's general
+reference (65 prompts, 24-token answers), and replay rows read from train_qa.jsonl instead of
+generated (generating 200 answers costs minutes and little memory; the replay rows' KL term is
+what costs memory, and it runs the same). The router is calibrated as in every run.
 
-``--fresh-cache`` gives each run an empty forgetless cache (converted models linked in, not
-converted again), so the base reference, replay answers and step-0 evaluation are computed inside
-the measured run, the worst case; without it they come from the user cache when an earlier run
-made them.
+Every run gets an empty forgetless cache (the converted models linked in, not converted again),
+so the base reference and the step-0 evaluation are computed inside the measured run. Peak RSS
+is the child's ``ru_maxrss`` as ``os.wait4`` returns it (the ``resource.getrusage`` record of
+that one child): the largest resident set the run reached.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def repeated(src: Path, n: int, dest: Path) -> Path:
     return dest
 
 
-def run_once(model: str, size: int, steps: int, out: Path, fresh_cache: bool) -> dict[str, object]:
+def run_once(model: str, size: int, steps: int, out: Path) -> dict[str, object]:
     """One ``forgetless run`` in a child process; returns its peak RSS, wall time and exit code."""
     work = out / f"{model}-{size}"
     work.mkdir(parents=True, exist_ok=True)
@@ -50,14 +51,14 @@ def run_once(model: str, size: int, steps: int, out: Path, fresh_cache: bool) ->
     overrides = [
         f"run_dir={run_dir}", f"model.name={model}", f"data.eval_qa={qa}", f"data.eval_mc={mc}",
         f"train.max_steps={steps}", f"train.eval_every={steps}", "train.scale_sweep=[]",
+        f"data.replay={PHARMA / 'train_qa.jsonl'}", "eval.general_limit=65", "eval.general_max_new_tokens=24",
     ]  # fmt: skip
     env = dict(os.environ)
-    if fresh_cache:
-        from forgetless.cache import cache_root
+    from forgetless.cache import cache_root
 
-        cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
-        (cache / "models").symlink_to(cache_root() / "models")
-        env["FORGETLESS_CACHE"] = str(cache)
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+    (cache / "models").symlink_to(cache_root() / "models")
+    env["FORGETLESS_CACHE"] = str(cache)
     config = work / "run.yaml"
     config.write_text(f"data:\n  train:\n    - {PHARMA / 'docs.jsonl'}\n    - {PHARMA / 'train_qa.jsonl'}\n")
     cmd = [sys.executable, "-c", "from forgetless.cli import main; main()", "run", str(config), *overrides]
@@ -77,13 +78,12 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
     ap.add_argument("--sizes", default="60,360")
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--fresh-cache", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "forgetless-memory")
     a = ap.parse_args()
     rows = []
     for model in a.models.split(","):
         for size in (int(s) for s in a.sizes.split(",")):
-            r = run_once(model, size, a.steps, a.out, a.fresh_cache)
+            r = run_once(model, size, a.steps, a.out)
             rows.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n| model | eval items (QA + MC) | peak RSS GB | wall s | exit |\n|---|---|---|---|---|")

@@ -81,3 +81,28 @@ def save_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder
+
+
+def tiny_gemma3(vocab_size: int, *, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer Gemma 3 (q_norm/k_norm, one sliding-window and one full-attention layer), random."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=0, eos_token_id=3, bos_token_id=vocab_size - 1,
+    )  # fmt: skip
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def save_tiny_base_model(folder: str | Path, *, seed: int = 0) -> Path:
+    """A tiny *base* model folder like the embedded gemma3-270m: Gemma 3 architecture and a
+    tokenizer without a chat template (so every stage uses the plain Question:/Answer: frame)."""
+    folder = Path(folder)
+    tok = tiny_tokenizer(plain=True)
+    assert tok.convert_tokens_to_ids("<bos>") == len(tok) - 1
+    model = tiny_gemma3(len(tok), seed=seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder

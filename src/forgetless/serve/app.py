@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .deployment import Deployment, EngineSettings
 from .engine import Event, GenParams, Job, QueueFull
 from .metrics import ServeMetrics
+from ..promptformat import PLAIN, PLAIN_STOP_STRINGS, prompt_format
 from .prompts import EncodedPrompt, encode_chat, encode_text
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, error_response, new_id, now, usage
 
@@ -185,6 +186,9 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
         dep: Deployment = state["dep"]
         prompt = encode_chat(dep.engine.tok, msgs)
         _check_prompt(prompt, "messages")
+        if prompt_format(dep.engine.tok) == PLAIN:
+            # A base model's chat reply ends where the plain frame's next turn would start.
+            params.stop = [*params.stop, *PLAIN_STOP_STRINGS]
         return await _run("/v1/chat/completions", req, want, prompt, params, chat=True)
 
     @app.post("/v1/completions")

@@ -110,8 +110,14 @@ class Regularizers:
         total, n = self.kl_sum(model, inputs, tuned_logits, replay)
         return total / n.clamp_min(1.0)
 
-    def kl_sum(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor, replay: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(summed KL(base || tuned), labelled positions)`` on the batch's replay rows (zeros if none)."""
+    def kl_sum(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor, replay: torch.Tensor | None, *, forward: torch.nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(summed KL(base || tuned), labelled positions)`` on the batch's replay rows (zeros if none).
+
+        ``forward`` runs the base pass (default ``model``): under FSDP the sharded wrapper, whose
+        forward gathers the weights, while the adapter is switched off on ``model``.
+        """
         if replay is None or not bool(replay.any()):
             zero = tuned_logits.new_zeros((), dtype=torch.float32)
             return zero, zero.clone()
@@ -120,7 +126,7 @@ class Regularizers:
         with torch.no_grad():
             if self.peft:
                 with model.disable_adapter():
-                    base = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+                    base = (forward or model)(input_ids=ids, position_ids=pos, use_cache=False).logits
             else:
                 base = self.base_copy(input_ids=ids, position_ids=pos, use_cache=False).logits  # type: ignore[misc]
         # Logits at t predict token t+1: compare where the next token is a labelled (answer) token.

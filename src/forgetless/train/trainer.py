@@ -145,7 +145,9 @@ class ForgetlessTrainer(Trainer):
         world = self.accelerator.num_processes
         if world == 1:
             return regs.kl_term(bare, inputs, logits, replay)
-        total, n = regs.kl_sum(bare, inputs, logits, replay)
+        # FSDP: the bare module's weights are shards outside the wrapper's forward, so the base pass
+        # goes through the wrapper (the adapter is still switched off on the bare model).
+        total, n = regs.kl_sum(bare, inputs, logits, replay, forward=model if self.is_fsdp_enabled else None)
         return global_token_mean(total, n, world, lambda t: self.accelerator.reduce(t, reduction="sum"))
 
     def _note(self, name: str, value: torch.Tensor) -> None:
