@@ -30,7 +30,8 @@ FSDP_ENV = {
     "FSDP_AUTO_WRAP_POLICY": "NO_WRAP",
     "FSDP_USE_ORIG_PARAMS": "true",  # LoRA: frozen and trainable parameters share flat parameters
     "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
-    "FSDP_SYNC_MODULE_STATES": "true",
+    # Every rank loads the same weights; syncing them needs an accelerator device in accelerate 1.15.
+    "FSDP_SYNC_MODULE_STATES": "false",
     "FSDP_CPU_RAM_EFFICIENT_LOADING": "false",
 }
 

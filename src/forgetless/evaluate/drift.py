@@ -15,6 +15,7 @@ greedy answers; stored per position so it can be checked).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -72,7 +73,8 @@ class GeneralReference:
             "topk_logprobs": torch.cat(self.topk_logprobs).contiguous(),
         }
         meta = {"ids": json.dumps(self.ids), "categories": json.dumps(self.categories), "meta": json.dumps(self.meta)}
-        tmp = path.with_suffix(".tmp.safetensors")
+        # A name of this process's own: ranks of a distributed launch may build the same reference at once.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
         save_file(tensors, str(tmp), metadata=meta)
         atomic_write_bytes(path, tmp.read_bytes())
         tmp.unlink()
