@@ -1,9 +1,12 @@
-"""2-process FSDP on CPU (gloo) with replay and KL to the base matches one process.
+"""Sharded training (FSDP) with replay and KL to the base, launched with torchrun.
 
-The same run as tests/train/test_ddp.py's KL test, with accelerate's FSDP plugin switched on by
-its environment variables (what ``accelerate launch --use_fsdp`` sets) instead of DDP. The risk
-under sharding is the base forward of the KL term: the adapter is switched off on the bare model
-while the parameters are sharded, so that forward must still go through the FSDP wrapper.
+On CPU processes (gloo), accelerate (1.15) does not shard: it switches to FSDP only on GPUs and
+other accelerators, and otherwise keeps plain data parallelism, so the run would silently be DDP.
+(With ``FSDP_SYNC_MODULE_STATES=true`` its plugin fails earlier: "There are currently no
+available devices found, must be one of 'XPU', 'CUDA', ...".) forgetless refuses such a launch
+with a clear error; the first test checks that. The second runs the same comparison as
+tests/train/test_ddp.py's KL test (2 ranks against one process, same tolerances) where it can
+shard: on a machine with 2 GPUs.
 """
 
 from __future__ import annotations
@@ -36,20 +39,40 @@ FSDP_ENV = {
 }
 
 
-def test_fsdp_two_ranks_with_kl_and_replay_match_one_process(tiny_run: Path) -> None:
+KL = [*COMMON, "data.replay=replay.jsonl", "train.replay_ratio=0.4", "train.kl_to_base=5.0", "train.lr=0.05"]
+
+
+def _run_fsdp(tiny_run: Path, run_dir: Path, spy: Path, extra: list[str]) -> subprocess.CompletedProcess:
     (tiny_run / "replay.jsonl").write_text(REPLAY)
-    kl = [*COMMON, "data.replay=replay.jsonl", "train.replay_ratio=0.4", "train.kl_to_base=5.0", "train.lr=0.05"]
-    run_dir, spy = tiny_run / "fsdp", tiny_run / "spy"
     spy.mkdir()
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}", str(WORKER), "run", str(tiny_run / "cfg.yaml"), f"run_dir={run_dir}",
-        "train.batch_size=1", "train.num_threads=1", *kl,
+        "train.batch_size=1", "train.num_threads=1", *KL, *extra,
     ]  # fmt: skip
     env = {**os.environ, **FSDP_ENV, "FORGETLESS_SPY_DIR": str(spy), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=400)
+    return subprocess.run(cmd, cwd=tiny_run, env=env, capture_output=True, text=True, timeout=400)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="with 2 GPUs FSDP shards: the comparison below runs instead")
+def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(tiny_run: Path) -> None:
+    proc = _run_fsdp(tiny_run, tiny_run / "fsdp", tiny_run / "spy", [])
+    assert proc.returncode != 0
+    assert "FSDP was requested (ACCELERATE_USE_FSDP=true) but accelerate" in proc.stderr and "MULTI_CPU" in proc.stderr
+    assert not list((tiny_run / "fsdp" / A.CHECKPOINTS_DIR).glob("checkpoint-*"))  # refused before the first step
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="accelerate shards only on accelerators: needs 2 GPUs")
+def test_fsdp_two_ranks_with_kl_and_replay_match_one_process(tiny_run: Path) -> None:
+    run_dir, spy = tiny_run / "fsdp", tiny_run / "spy"
+    proc = _run_fsdp(tiny_run, run_dir, spy, ["train.precision=fp32", "eval.precision=fp32"])
     assert proc.returncode == 0, proc.stderr[-6000:]
-    one = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'one'}", "train.batch_size=2", *kl])
+    # It really ran sharded: every rank's Trainer had FSDP on at each evaluation.
+    for rank in (0, 1):
+        events = [json.loads(l) for l in (spy / f"rank{rank}.jsonl").read_text().splitlines()]
+        evals = [e for e in events if e["event"] == "evaluate"]
+        assert [e["step"] for e in evals] == [2, 4] and all(e["fsdp"] for e in evals), (rank, evals)
+    one = load_config(tiny_run / "cfg.yaml", [f"run_dir={tiny_run / 'one'}", "train.batch_size=2", *KL])
     run_pipeline(one)
 
     def state(run: Path) -> list[dict]:
