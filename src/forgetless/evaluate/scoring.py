@@ -106,7 +106,7 @@ def iter_continuation_logprobs(
             decoder, project = split
             hidden = decoder(**kwargs).last_hidden_state[:, keep]
             rows = (project(hidden[row, : len(c)]) for row, c in enumerate(conts))
-        del cache  # the prefix cache's copies, one per row, are not needed past the forward pass
+        del cache, kwargs  # the prefix cache's copies, one per row, are not needed past the forward pass
         for i, row_logits in zip(idx, rows):
             yield i, F.log_softmax(row_logits.float(), dim=-1)
         if on_batch is not None:
@@ -280,7 +280,7 @@ def choice_scores(
             decoder, project = split
             hidden = decoder(**kwargs).last_hidden_state
             row_logits = lambda j, n: project(hidden[j, :n])  # noqa: E731
-        del cache
+        del cache, kwargs, res  # the KV cache (one copy of each prompt per choice) is not needed past the forward pass
         for j, (r, i, k) in enumerate(rows):
             c = list(items[i][1][k])
             total = float(first_lp[r, c[0]])
