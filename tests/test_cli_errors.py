@@ -24,6 +24,7 @@ CASES = {
     "wrong_type": (b'{"text": 3}\n', ":1: field 'text': must be a string"),
     "empty_file": (b"", "file is empty"),
     "non_utf8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', ":2: not valid UTF-8"),
+    "deeply_nested": (b'{"text": "ok"}\n' + b"[" * 100_000 + b"\n", ":2: not valid JSON: nested too deeply"),
     "no_known_field": (b'{"body": "x"}\n', ":1: record needs 'text', 'messages' or 'prompt'/'response'"),
 }
 

@@ -63,6 +63,30 @@ def test_bad_override_syntax() -> None:
         load_config(None, ["train.lr"])
 
 
+def test_duplicate_keys_are_rejected_with_both_lines(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.001\n  epochs: 1\n  lr: 0.5\nseed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert e.value.problems == [
+        f"{f}:4: train.lr: duplicate key (first given on line 2)",
+        f"{f}:6: seed: duplicate key (first given on line 5)",
+    ]
+
+
+def test_a_bad_override_is_reported_against_the_override_not_a_yaml_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  lr: 0.001\nlora:\n  r: 8\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f, ["train.lr=fast", "lora.r=4"])
+    (prob,) = e.value.problems
+    assert prob.startswith("override 'train.lr=fast': train.lr: ") and f"{f}:" not in prob
+    # A bad value from the YAML itself still names its line.
+    f.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=rf"{f}:2: train.lr: "):
+        load_config(f, ["lora.r=4"])
+
+
 def test_invalid_yaml_names_line(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  lr: [1, 2\n")

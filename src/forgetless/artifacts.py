@@ -26,11 +26,13 @@ TOKENS_DIR = "tokens"  # fertility analysis and extended-vocabulary exports
 ROUTER = "router.safetensors"  # out-of-domain router statistics (serve)
 ROUTER_INFO = "router.json"  # router threshold and calibration AUROC
 SCALE_CURVE = "scale_curve.json"  # adapter-scale calibration sweep
+# --- `forgetless demo`: one folder holding both arms' run folders --------------------------------
+DEMO_COMPARISON_PNG = "comparison.png"  # both arms' checkpoints: general KL against domain QA recall
 
 # --- inside the user cache (not the run folder) --------------------------------------------------
 CACHE_ENV = "FORGETLESS_CACHE"  # overrides the cache root (default: ~/.cache/forgetless)
 
-# --- deploy and registry (issue 7) ---------------------------------------------------------------
+# --- deploy and registry ------------------------------------------------------------------------
 DEPLOY_DIR = "deploy"  # inside a run folder: bench, quantization and distillation outputs
 BENCH_JSON = "bench.json"  # `forgetless bench` results (inside DEPLOY_DIR)
 QUANT_DIR = "int8"  # quantized model (inside DEPLOY_DIR): weights + quant_info.json
@@ -39,14 +41,14 @@ REPORT_HTML = "report.html"  # offline HTML report of the run (images embedded a
 REGISTRY_ENV = "FORGETLESS_REGISTRY"  # overrides the registry database path
 REGISTRY_DB = "registry.sqlite"  # default registry database, in the user cache root
 
-# --- curate (issue 3): inside CURATE_DIR, or the folder given to `forgetless curate -o` ----------
+# --- curate: inside CURATE_DIR, or the folder given to `forgetless curate -o` ----------
 CURATED = "curated.jsonl"  # kept records, cleaned (+ replay records marked "replay": true)
 CURATE_REJECTS = "rejects.jsonl"  # every dropped record: reason, detail, source, duplicate_of, original
 CURATE_REPORT_MD = "report.md"  # human-readable curate report: counts, cleaning, dedup, diversity
 CURATE_REPORT_JSON = "report.json"  # the same report, machine-readable; counts add up
 REPLAY_CACHE_DIR = "replay"  # cache sub-folder: base model's own answers to replay prompts
 
-# --- tokens stage (issue 6): inside TOKENS_DIR of a run, or a `forgetless tokens ...` --out folder --
+# --- tokens stage: inside TOKENS_DIR of a run, or a `forgetless tokens ...` --out folder --
 TOKENS_FERTILITY_JSON = "fertility.json"  # `tokens analyze`: fertility domain vs general, top terms, saving
 TOKENS_FERTILITY_MD = "fertility.md"  # the same as a Markdown report
 TOKENS_INFO = "tokens.json"  # terms added, new ids, pieces each row was initialised from, step-0 checks
@@ -57,5 +59,5 @@ TOKENS_MERGED_DIR = "merged"  # adapter and new rows merged into one model
 TOKENS_EXPORT_INFO = "export.json"  # which folder is which, and how to serve each
 TOKENS_EXPORT_README = "README.md"
 
-# --- `forgetless eval` (issue 4: evaluate suites) ------------------------------------------------
+# --- `forgetless eval` (the evaluate suites) ----------------------------------------------------
 EVAL_JSON = "eval.json"  # written into --out: every model's scores (value, n, 95% CI) and deltas

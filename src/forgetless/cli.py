@@ -1,7 +1,8 @@
 """The ``forgetless`` command line.
 
-Each stage folder contributes its own commands (``curate``, ``tokens``, ``eval``, ``serve``, ...);
-this module only wires them together and turns user errors into one clear line and exit code 2.
+Each stage folder contributes its own commands (``curate``, ``tokens``, ``eval``, ``serve``, ...),
+listed in :data:`STAGE_COMMANDS`; this module only wires them together and turns user errors into
+one clear line and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .curate import cli as curate_cli
+from .deploy import cli as deploy_cli
 from .errors import ForgetlessError
+from .evaluate import cli as evaluate_cli
+from .registry import cli as registry_cli
+from .serve import cli as serve_cli
+from .tokens import cli as tokens_cli
 
 app = typer.Typer(
     name="forgetless",
@@ -25,8 +32,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
 
 
 @app.command()
@@ -59,23 +64,17 @@ def validate(
 def demo(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
-    """Run examples/quickstart.yaml on the embedded model (what `make demo` calls)."""
-    from .config import load_config
-    from .pipeline import run_pipeline
+    """Plain fine-tuning next to the forgetless defaults with a budget, on the embedded model and the
+    sample domain: same data, same steps (what `make demo` calls)."""
+    from .sample.demo import run_demo
 
-    cfg = load_config(EXAMPLES_DIR / "quickstart.yaml", overrides or [])
-    run_pipeline(cfg, resume=False, console=console)
+    run_demo(overrides or [], console=console)
 
 
-# --- stage commands (each stage owns its own cli module) ---------------------------------------
-# STAGE-COMMANDS-BEGIN
-from .registry.cli import register as _reg_registry; _reg_registry(app)  # noqa: E402,E702 (issue 7)
-from .curate.cli import register as _reg_curate; _reg_curate(app)  # noqa: E402,E702 (issue 3)
-from .tokens.cli import register as _reg_tokens; _reg_tokens(app)  # noqa: E402
-from .deploy.cli import register as _reg_deploy; _reg_deploy(app)  # noqa: E402,E702 (issue 7)
-from .evaluate.cli import register as _reg_evaluate; _reg_evaluate(app)  # noqa: E402,E702 (issue 4)
-from .serve.cli import register as _reg_serve; _reg_serve(app)  # noqa: E402,E702 (issue 8)
-# STAGE-COMMANDS-END
+# Each stage owns its commands in its own cli module; this table is the whole list.
+STAGE_COMMANDS = (registry_cli.register, curate_cli.register, tokens_cli.register, deploy_cli.register, evaluate_cli.register, serve_cli.register)
+for _register in STAGE_COMMANDS:
+    _register(app)
 
 
 def quiet_libraries() -> None:

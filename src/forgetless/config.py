@@ -1,6 +1,7 @@
 """Load a run config: YAML in, ``key.sub=value`` overrides, pydantic validation, precise errors.
 
-Unknown keys are rejected naming their key path, and every problem names the YAML line it sits on,
+Unknown and duplicate keys are rejected naming their key path, and every problem names the YAML
+line it sits on (or the command-line override it came from),
 so ``forgetless validate`` can list all of them at once instead of failing one at a time.
 """
 
@@ -12,12 +13,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .budget import BudgetConfig
 from .curate.config import CurateConfig
 from .errors import ConfigError
-from .evaluate.config import BudgetConfig, EvalConfig
+from .evaluate.config import EvalConfig
 from .io import read_text_file
+from .model_config import ModelConfig
 from .tokens.config import TokensConfig
-from .train.config import DataConfig, LoraSettings, ModelConfig, TrainConfig
+from .train.config import DataConfig, LoraSettings, TrainConfig
 
 
 class Strict(BaseModel):
@@ -70,6 +73,33 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
+def _duplicate_keys(text: str, file: str) -> list[str]:
+    """One problem per key given twice in the same YAML mapping (PyYAML would keep the last silently)."""
+    problems: list[str] = []
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return problems
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in node.value:
+                name, line = str(k.value), k.start_mark.line + 1
+                if name in seen and name != "<<":
+                    key = ".".join(path + (name,))
+                    problems.append(f"{file}:{line}: {key}: duplicate key (first given on line {seen[name]})")
+                seen.setdefault(name, line)
+                walk(v, path + (name,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (str(i),))
+
+    if root is not None:
+        walk(root, ())
+    return problems
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value``; the value is read as YAML, so ``3``, ``1e-4``, ``true``, ``[a, b]`` all work."""
     if "=" not in item:
@@ -106,18 +136,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format_errors(err: ValidationError, lines: dict[tuple[str, ...], int], file: str | None) -> list[str]:
+def _format_errors(
+    err: ValidationError, lines: dict[tuple[str, ...], int], file: str | None, overrides: list[str] | None = None
+) -> list[str]:
+    # The last override that set a key (or one of its parents) is where a bad value came from.
+    set_by: dict[tuple[str, ...], str] = {}
+    for item in overrides or []:
+        set_by[tuple(parse_override(item)[0])] = item
     problems = []
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         path = ".".join(loc) or "(root)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        origin = next((set_by[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in set_by), None)
+        if origin is not None:
+            problems.append(f"override '{origin}': {path}: {msg}")
+            continue
         # Point at the deepest key that exists in the YAML (a missing key has no line of its own).
         line = None
         for n in range(len(loc), 0, -1):
             if loc[:n] in lines:
                 line = lines[loc[:n]]
                 break
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         where = f"{file}:{line}: " if (file and line) else ""
         problems.append(f"{where}{path}: {msg}")
     return problems
@@ -146,13 +186,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError([f"{file}: top level must be a mapping of sections, got {type(loaded).__name__}"])
+        if dups := _duplicate_keys(text, file):
+            raise ConfigError(dups, file=file)
         data = loaded
         lines = _key_lines(text)
     data = apply_overrides(data, overrides)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, lines, file), file=file) from None
+        raise ConfigError(_format_errors(e, lines, file, overrides), file=file) from None
     if path is not None:
         cfg = resolve_paths(cfg, Path(path).resolve().parent)
     return cfg

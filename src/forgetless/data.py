@@ -7,12 +7,17 @@ here, and a bad one raises :class:`~forgetless.errors.InputError` naming its fil
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .io import iter_jsonl, read_text_file
+from .promptformat import plain_answer_spans
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ROLES = ("system", "user", "assistant")
 TEXT_SUFFIXES = (".txt", ".md")
@@ -117,3 +122,89 @@ def require_fields(rec: dict[str, Any], fields: dict[str, type | tuple[type, ...
         if not isinstance(rec[name], typ) or isinstance(rec[name], bool) and typ is int:
             want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise InputError(f"must be {want}, got {type(rec[name]).__name__}", file=file, line=line, field=name)
+
+
+# --- rendering and tokenizing one example (training and domain perplexity share it) -------------
+
+IGNORE = -100
+
+
+@dataclass
+class Tokenized:
+    """One example as token ids with labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    replay: bool = False
+
+
+def _render_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], system_prompt: str | None) -> tuple[str, list[tuple[int, int]]]:
+    """Render a chat with the model's template; return the text and the char spans of assistant turns.
+
+    Each assistant span is found by rendering the conversation up to that turn with the generation
+    prompt (where the answer starts) and up to and including it (where it ends). This works with any
+    template, including ones that inject a default system prompt, without parsing the template.
+    """
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    full = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tok.apply_chat_template(messages[: i + 1], tokenize=False))
+        if full[:end] != tok.apply_chat_template(messages[: i + 1], tokenize=False):
+            raise ValueError("chat template is not prefix-stable; cannot locate assistant turns")
+        spans.append((start, end))
+    return full, spans
+
+
+def _plain_chat(tok: PreTrainedTokenizerBase, ex: Example, system_prompt: str | None) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """A chat in the plain frame (:mod:`forgetless.promptformat`) for a tokenizer without a chat
+    template: ids (BOS first, EOS after a final answer), offsets and the answers' character spans."""
+    messages = ex.messages or []
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    if any(m["role"] == "assistant" and m["content"] != m["content"].strip() for m in messages):
+        # Leading/trailing spaces would move the answer's token boundaries away from evaluation's.
+        messages = [{**m, "content": m["content"].strip()} if m["role"] == "assistant" else m for m in messages]
+    text, spans = plain_answer_spans(messages)
+    enc = tok(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    if messages[-1]["role"] == "assistant" and tok.eos_token_id is not None:
+        # The end of the last answer is learned: a base model otherwise never stops.
+        ids.append(tok.eos_token_id)
+        offsets.append((len(text), len(text) + 1))
+        spans[-1] = (spans[-1][0], len(text) + 1)
+    if not spans:
+        raise InputError("chat example has no assistant answer to learn from", file=ex.source)
+    return ids, offsets, spans
+
+
+def tokenize_example(tok: PreTrainedTokenizerBase, ex: Example, *, system_prompt: str | None = None) -> Tokenized:
+    """Tokenize one example. Text: loss on every token (EOS appended). Chat: loss on assistant turns only.
+
+    A chat on a tokenizer without a chat template (a base model) is rendered in the plain
+    ``Question:/Answer:`` frame of :mod:`forgetless.promptformat`, the one evaluation uses.
+    """
+    replay = bool(ex.meta.get("replay", False))
+    if not ex.is_chat:
+        ids = tok(ex.text, add_special_tokens=True)["input_ids"]
+        if tok.eos_token_id is not None:
+            ids = ids + [tok.eos_token_id]
+        return Tokenized(ids, list(ids), replay)
+    if tok.chat_template:
+        text, spans = _render_chat(tok, ex.messages or [], system_prompt)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    else:
+        ids, offsets, spans = _plain_chat(tok, ex, system_prompt)
+    starts = [s for s, _ in spans]
+    labels = []
+    for tid, (a, b) in zip(ids, offsets):
+        # A token is learned if it starts inside an assistant span (answer text + end-of-turn marker).
+        k = bisect.bisect_right(starts, a) - 1
+        inside = k >= 0 and spans[k][0] <= a < spans[k][1] and b > a
+        labels.append(tid if inside else IGNORE)
+    return Tokenized(ids, labels, replay)

@@ -15,6 +15,9 @@ from typing import Any
 
 from .errors import InputError
 
+# Editors on Windows save "UTF-8" with this mark in front; it is not part of the text.
+UTF8_BOM = b"\xef\xbb\xbf"
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, never half."""
@@ -58,11 +61,11 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def read_text_file(path: str | Path) -> str:
-    """Read a UTF-8 text file; a non-UTF-8 file raises :class:`InputError` naming the line."""
+    """Read a UTF-8 text file (a leading BOM is dropped); a non-UTF-8 file raises :class:`InputError` naming the line."""
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", file=path)
-    raw = path.read_bytes()
+    raw = path.read_bytes().removeprefix(UTF8_BOM)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -73,8 +76,8 @@ def read_text_file(path: str | Path) -> str:
 def iter_jsonl(path: str | Path, *, allow_empty: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line of a JSONL file.
 
-    Raises :class:`InputError` naming the file and line for: a missing file, bytes that are not
-    UTF-8, a line that is not JSON, a line that is not a JSON object, and (unless ``allow_empty``)
+    A UTF-8 BOM at the start of the file is skipped. Raises :class:`InputError` naming the file and
+    line for: a missing file, bytes that are not UTF-8, a line that is not JSON (or nested too deeply), a line that is not a JSON object, and (unless ``allow_empty``)
     a file with no records at all.
     """
     path = Path(path)
@@ -83,6 +86,8 @@ def iter_jsonl(path: str | Path, *, allow_empty: bool = False) -> Iterator[tuple
     n = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(UTF8_BOM)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -93,6 +98,9 @@ def iter_jsonl(path: str | Path, *, allow_empty: bool = False) -> Iterator[tuple
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"not valid JSON: {e.msg} (column {e.colno})", file=path, line=lineno) from None
+            except RecursionError:
+                # json's C parser recurses once per nesting level: a line of 100k "[" overflows it.
+                raise InputError("not valid JSON: nested too deeply", file=path, line=lineno) from None
             if not isinstance(obj, dict):
                 raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=lineno)
             n += 1

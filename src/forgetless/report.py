@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .budget import BudgetConfig, judge
 from .io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Columns shown in tables, in order, when present. Generative scores and KL come first: multiple
 # choice alone hides the forgetting users notice (answers drifting into the domain's style).
@@ -66,6 +70,7 @@ def write_report(
     title: str,
     history: list[dict[str, Any]],
     summary: dict[str, Any],
+    budget: BudgetConfig,
     scale_curve: list[dict[str, Any]] | None = None,
     extra_sections: list[str] | None = None,
 ) -> None:
@@ -93,11 +98,33 @@ def write_report(
     if scale_curve:
         lines += ["", f"## Adapter-scale calibration (checkpoint {scale_curve[-1]['step']})", "", "Scale 0 is the base, 1 the trained adapter.", ""]
         keys = [c for c in GENERAL_COLS + DOMAIN_COLS if c in scale_curve[0]]
-        lines += ["| scale | " + " | ".join(keys) + " | inside budget |", "|" + "---|" * (len(keys) + 2)]
+        lines += ["| scale | " + " | ".join(keys) + " | budget |", "|" + "---|" * (len(keys) + 2)]
         for c in sorted(scale_curve, key=lambda c: c["scale"]):
-            inside = "yes" if not c.get("budget/violations") else "no: " + "; ".join(c["budget/violations"])
-            lines.append(f"| {c['scale']} | " + " | ".join(_fmt(c.get(k, "")) for k in keys) + f" | {inside} |")
+            lines.append(f"| {c['scale']} | " + " | ".join(_fmt(c.get(k, "")) for k in keys) + f" | {judge(budget, c).describe()} |")
     for sec in extra_sections or []:
         lines += ["", sec]
     lines += ["", "![curves](curves.png)", ""]
     atomic_write_text(path, "\n".join(lines))
+
+
+# The terminal shows the columns that decide a run, each with a short two-line header, so the
+# table fits 80 columns; report.md and report.html keep every column.
+TERMINAL_COLS = {
+    "general/kl": "general\nKL", "general/knowledge_mc": "general\nknow MC", "domain/qa_recall": "domain\nQA recall",
+    "domain/qa_f1": "domain\nQA F1", "domain/mc_acc": "domain\nMC", "domain/ppl": "domain\nppl",
+}  # fmt: skip
+
+
+def print_table(console: Console, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """The per-checkpoint table of the deciding columns of both suites, then the verdict."""
+    from rich.table import Table
+
+    cols = [c for c in TERMINAL_COLS if any(c in h for h in history)]
+    table = Table(title="Both suites at every checkpoint (step 0 = base)")
+    table.add_column("step", justify="right")
+    for c in cols:
+        table.add_column(TERMINAL_COLS[c], justify="right")
+    for h in history:
+        table.add_row(str(h["step"]), *(_fmt(h.get(c, "")) for c in cols))
+    console.print(table)
+    console.print(f"[bold]verdict:[/] {summary['verdict']}")

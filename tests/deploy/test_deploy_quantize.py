@@ -12,7 +12,7 @@ from forgetless import artifacts
 from forgetless.deploy.quantize import check_int8_gate, judge_int8, quant_info_path, quantize_and_gate
 from forgetless.deploy.variants import load_base_4bit, load_variant, nf4_available, quantize_int8, resolve_target
 from forgetless.errors import ForgetlessError
-from forgetless.registry.lineage import PRIMARY_DOMAIN
+from forgetless.budget import PRIMARY_DOMAIN, BudgetConfig
 from forgetless.registry.sample_run import make_run_folder
 from forgetless.testing import tiny_model
 
@@ -25,14 +25,14 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_judge_int8_hand_worked() -> None:
     fp32 = {"general/kl": 0.020, "domain/mc_acc": 0.50}
     ok = {"general/kl": 0.025, "domain/mc_acc": 0.49}
-    assert judge_int8(fp32, ok, budget_general_kl=0.05, max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
+    assert judge_int8(fp32, ok, budget=BudgetConfig(general_kl=0.05), max_kl_increase=0.01, max_domain_drop=0.02) == (True, [], "domain/mc_acc")
     # KL up by 0.015 > 0.01, and over the 0.03 budget; accuracy down by 0.05 > 0.02: three reasons.
     bad = {"general/kl": 0.035, "domain/mc_acc": 0.45}
-    passed, why, _ = judge_int8(fp32, bad, budget_general_kl=0.03, max_kl_increase=0.01, max_domain_drop=0.02)
+    passed, why, _ = judge_int8(fp32, bad, budget=BudgetConfig(general_kl=0.03), max_kl_increase=0.01, max_domain_drop=0.02)
     assert not passed and len(why) == 3
     # Perplexity only: the drop limit is relative (2% of 10.0 = 0.2); 10.1 passes, 10.3 fails.
-    assert judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
-    assert not judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget_general_kl=None, max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.1}, budget=BudgetConfig(), max_kl_increase=0.01, max_domain_drop=0.02)[0]
+    assert not judge_int8({"general/kl": 0.0, "domain/ppl": 10.0}, {"general/kl": 0.0, "domain/ppl": 10.3}, budget=BudgetConfig(), max_kl_increase=0.01, max_domain_drop=0.02)[0]
 
 
 def test_quantize_int8_replaces_linears_and_stays_close() -> None:
@@ -74,10 +74,47 @@ def test_gate_refuses_when_budget_broken(tmp_path: Path) -> None:
     run = make_run_folder(tmp_path / "run", budget=1e-4, lora_scale=2.0)
     res = quantize_and_gate(run)
     assert not res.passed
-    assert any("exceeds the run's budget" in r for r in res.reasons)
+    assert any(r.startswith("general: the run's budget: general KL") for r in res.reasons)
     assert json.loads(quant_info_path(run).read_text())["verdict"] == "refused"
     with pytest.raises(ForgetlessError, match="refused by the quality gate"):
         check_int8_gate(run)
+
+
+def test_quantize_loads_every_model_at_the_run_revision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run pinned to a revision: the base reference, fp32 and int8 all load that revision (KL
+    between two different base models would be meaningless), and remote code stays off."""
+    import yaml
+
+    import forgetless.models as models
+
+    run = make_run_folder(tmp_path / "run")
+    cfg_path = run / artifacts.RESOLVED_CONFIG
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model"]["revision"] = "v1"  # a local folder ignores the revision; the spy sees what was asked
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    calls: list[tuple[str | None, bool]] = []
+    real = models.load_model
+
+    def spy(name: str, **kw: object) -> object:
+        calls.append((kw.get("revision"), bool(kw.get("trust_remote_code"))))  # type: ignore[arg-type]
+        return real(name, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(models, "load_model", spy)
+    quantize_and_gate(run)
+    assert len(calls) >= 2 and set(calls) == {("v1", False)}
+
+
+def test_remote_code_run_needs_consent(tmp_path: Path) -> None:
+    import yaml
+
+    run = make_run_folder(tmp_path / "run")
+    cfg_path = run / artifacts.RESOLVED_CONFIG
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["model"]["trust_remote_code"] = True
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ForgetlessError, match="--trust-remote-code"):
+        resolve_target(str(run))
+    assert resolve_target(str(run), allow_remote_code=True).model.trust_remote_code
 
 
 def test_never_gated_is_refused(tmp_path: Path) -> None:

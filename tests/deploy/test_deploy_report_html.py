@@ -70,7 +70,7 @@ def test_report_without_optional_files_and_failing_budget(tmp_path: Path) -> Non
     run = make_run_folder(tmp_path / "run", general_kl=0.3, budget=0.05)
     page = render_report(run)
     assert "Router calibration" not in page and "Serving benchmark" not in page
-    assert "exceeds budget" in page and 'class="fail"' in page
+    assert "general: general KL 0.3000 &gt; 0.05" in page and 'class="fail"' in page
     path = write_report(run)
     assert path == run / artifacts.REPORT_HTML and path.read_text(encoding="utf-8") == page
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from forgetless import artifacts
+from forgetless.errors import ForgetlessError
 from forgetless.registry import Registry, resolve_alias
 from forgetless.registry.sample_run import make_run_folder
 
@@ -52,5 +54,32 @@ def test_promote_and_rollback_hot_swap_the_served_model(tmp_path: Path) -> None:
         assert dep.spec.run_dir == r1.resolve()
         assert torch.equal(_served_lora_b(dep), _file_lora_b(r1))
         assert not dep.refresh(force=True)  # nothing changed since: no swap
+    finally:
+        dep.close()
+
+
+def test_serving_an_alias_refuses_adapter_files_changed_since_registration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from forgetless.serve.cli import target_resolver
+
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv(artifacts.REGISTRY_ENV, str(db))
+    r1 = make_run_folder(tmp_path / "r1", lora_seed=1)
+    r2 = make_run_folder(tmp_path / "r2", lora_seed=2)
+    reg = Registry(db)
+    v1, _ = reg.register(r1, "pharma")
+    v2, _ = reg.register(r2, "pharma")
+    reg.promote(v1.ref, "prod")
+    dep = serve_deployment.Deployment(
+        target_resolver("registry:prod"), serve_metrics.ServeMetrics(), serve_deployment.EngineSettings(reload_interval_s=0.01)
+    )
+    try:
+        reg.promote(v2.ref, "prod")
+        # After the promote, r2's adapter is replaced by other weights of the same shape (r1's).
+        shutil.copyfile(r1 / artifacts.ADAPTER_DIR / "adapter_model.safetensors", r2 / artifacts.ADAPTER_DIR / "adapter_model.safetensors")
+        assert not dep.refresh(force=True)
+        assert dep.spec.run_dir == r1.resolve()  # the last good version keeps serving
+        # A fresh server on the tampered alias refuses to start.
+        with pytest.raises(ForgetlessError, match="changed since it was registered"):
+            serve_deployment.Deployment(target_resolver("registry:prod"), serve_metrics.ServeMetrics(), serve_deployment.EngineSettings())
     finally:
         dep.close()

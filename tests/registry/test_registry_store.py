@@ -16,7 +16,8 @@ from forgetless.cli import app
 from forgetless.errors import ForgetlessError, InputError
 from forgetless.hashing import sha256_json
 from forgetless.registry import Registry, read_run, resolve_alias, validate_name
-from forgetless.registry.lineage import PRIMARY_DOMAIN, judge_suites
+from forgetless.budget import PRIMARY_DOMAIN, BudgetConfig
+from forgetless.registry.lineage import judge_suites
 from forgetless.registry.sample_run import make_run_folder
 
 
@@ -76,16 +77,44 @@ def test_missing_run_info_hashes_are_computed(runs: dict[str, Path], tmp_path: P
 def test_judge_suites_hand_worked() -> None:
     first, second = PRIMARY_DOMAIN[0], PRIMARY_DOMAIN[1]
     base = {first: 0.2, second: 0.5, "domain/ppl": 20.0}
-    assert judge_suites({first: 0.3, second: 0.1, "general/kl": 0.04}, base, 0.05)[:2] == (True, True)
+    budget = BudgetConfig(general_kl=0.05)
+    v = judge_suites({first: 0.3, second: 0.1, "general/kl": 0.04}, base, budget)
+    assert (v.domain_pass, v.general_pass, v.budget.state) == (True, True, "inside")
     # The first primary metric decides: the second rising does not rescue a flat first; KL over budget fails.
-    d, g, why = judge_suites({first: 0.2, second: 0.9, "general/kl": 0.06}, base, 0.05)
-    assert (d, g) == (False, False)
-    assert any(first in r for r in why) and any("exceeds budget" in r for r in why)
-    # Without accuracies, perplexity decides, and lower is better.
-    assert judge_suites({"domain/ppl": 19.0}, {"domain/ppl": 20.0}, None)[:2] == (True, True)
-    assert judge_suites({"domain/ppl": 21.0}, {"domain/ppl": 20.0}, None)[0] is False
+    v = judge_suites({first: 0.2, second: 0.9, "general/kl": 0.06}, base, budget)
+    assert (v.domain_pass, v.general_pass) == (False, False)
+    assert any(first in r for r in v.reasons) and "general: general KL 0.0600 > 0.05" in v.reasons
+    # Without accuracies, perplexity decides, and lower is better. No budget: not a pass, its own state.
+    v = judge_suites({"domain/ppl": 19.0}, {"domain/ppl": 20.0}, BudgetConfig())
+    assert (v.domain_pass, v.general_pass, v.budget.state) == (True, False, "unset")
+    assert judge_suites({"domain/ppl": 21.0}, {"domain/ppl": 20.0}, BudgetConfig()).domain_pass is False
     # A budget with no KL measured fails the general suite.
-    assert judge_suites({first: 0.3}, base, 0.05)[1] is False
+    assert judge_suites({first: 0.3}, base, budget).general_pass is False
+
+
+def test_run_without_budget_needs_explicit_promotion(tmp_path: Path) -> None:
+    """A run that set no budget registers as "no budget" (never a general pass at any drift) and is
+    promoted only when the user says so."""
+    run = make_run_folder(tmp_path / "nobudget", general_kl=1.136, budget=None)
+    reg = Registry(tmp_path / "r.sqlite")
+    v, _ = reg.register(run, "pharma")
+    assert (v.budget_state, v.general_pass, v.domain_pass) == ("unset", False, True)
+    with pytest.raises(ForgetlessError, match="--allow-no-budget"):
+        reg.promote(v.ref, "prod")
+    assert reg.promote(v.ref, "prod", allow_no_budget=True).id == v.id
+
+
+def test_registry_judges_the_exported_scale(tmp_path: Path) -> None:
+    """The adapter on disk is the checkpoint at its selected scale: its metrics, not the checkpoint's
+    own line at scale 1, are what the registry judges."""
+    run = make_run_folder(tmp_path / "scaled", general_kl=0.2, budget=0.05)
+    p = run / artifacts.SUMMARY
+    summary = json.loads(p.read_text())
+    summary["selected"] = {"step": 20, "scale": 0.5, "metric": "domain/qa_recall", "score": 0.3}
+    p.write_text(json.dumps(summary))
+    (run / artifacts.SCALE_CURVE).write_text(json.dumps([{"step": 20, "scale": 0.5, "general/kl": 0.03, "domain/qa_recall": 0.3, "domain/mc_acc": 0.3}]))
+    rec = read_run(run)
+    assert rec.scores["general/kl"] == 0.03 and rec.budget_state == "inside" and rec.general_pass
 
 
 def test_run_that_kept_the_base_is_not_registrable(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -139,7 +168,7 @@ def test_rollback_switches_resolved_model(runs: dict[str, Path], tmp_path: Path)
         resolve_alias("staging", db)
 
 
-@pytest.mark.parametrize("bad", ["../prod", "a/b", "..", "", ".hidden", "x" * 65, "pharma..x", "na me"])
+@pytest.mark.parametrize("bad", ["../prod", "a/b", "..", "", ".hidden", "x" * 65, "pharma..x", "na me", "demo\n", "demo\r\n"])
 def test_bad_names_rejected(bad: str, runs: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="invalid"):
         validate_name(bad)
@@ -149,6 +178,28 @@ def test_bad_names_rejected(bad: str, runs: dict[str, Path], tmp_path: Path) -> 
     with pytest.raises(InputError):
         resolve_alias(bad, tmp_path / "r.sqlite")
     assert reg.versions() == []
+
+
+def test_alias_and_model_names_never_collide(runs: dict[str, Path], tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "r.sqlite")
+    demo, _ = reg.register(runs["good"], "demo")
+    other, _ = reg.register(runs["good2"], "other")
+    # An alias named like a model would make `promote demo` / `get("demo")` mean the alias' target.
+    with pytest.raises(InputError, match="a model of that name is registered"):
+        reg.promote(other.ref, "demo")
+    assert reg.aliases() == {} and reg.get("demo").ref == demo.ref
+    reg.promote(other.ref, "prod")
+    with pytest.raises(InputError, match="already an alias"):
+        reg.register(runs["good"], "prod")
+    assert [v.name for v in reg.versions()] == ["demo", "other"]
+
+
+def test_resolve_pinned_gives_the_registered_adapter_hash(runs: dict[str, Path], tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    reg = Registry(db)
+    v, _ = reg.register(runs["good"], "pharma")
+    reg.promote(v.ref, "prod")
+    assert reg.resolve_pinned("prod") == (runs["good"].resolve(), v.adapter_sha256)
 
 
 def test_diff(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -22,3 +22,8 @@ def test_target_resolver(tmp_path):
     assert target_resolver(str(tmp_path))() == tmp_path.resolve()
     with pytest.raises(ForgetlessError, match="alias"):
         target_resolver("registry:")
+
+
+def test_max_queue_wait_must_be_positive(tmp_path):
+    res = CliRunner().invoke(app, ["serve", str(tmp_path), "--api-key", "k", "--max-queue-wait", "0"])
+    assert isinstance(res.exception, ForgetlessError) and "--max-queue-wait" in str(res.exception)

@@ -72,3 +72,46 @@ def test_max_tokens_and_eos_finish_reasons(engine):
     assert done.finish_reason in ("length", "stop") and done.completion_tokens <= 3
     if done.finish_reason == "length":
         assert done.completion_tokens == 3
+
+
+def test_one_bad_row_fails_only_its_own_request(engine):
+    """A seed torch cannot take fails that request; the others in the same micro-batch finish normally."""
+    alone = [text_of(run(engine, "adapter", q, temperature=1.0, seed=7)) for q in ("hello", "cat dog", "red green")]
+    queues: list[queue.Queue[Event]] = []
+    for q, seed in [("hello", 7), ("zorvanex", 2**70), ("cat dog", 7), ("red green", 7)]:
+        events: queue.Queue[Event] = queue.Queue()
+        queues.append(events)
+        engine.submit(Job(prompt=encode_chat(engine.tok, [{"role": "user", "content": q}]), want="adapter",
+                          params=GenParams(max_tokens=6, temperature=1.0, seed=seed), deliver=events.put))  # fmt: skip
+    results = []
+    for events in queues:
+        out = [events.get(timeout=30)]
+        while out[-1].kind not in ("done", "error"):
+            out.append(events.get(timeout=30))
+        results.append(out)
+    assert results[1][-1].kind == "error"
+    assert [r[-1].kind for i, r in enumerate(results) if i != 1] == ["done"] * 3
+    assert [text_of(r) for i, r in enumerate(results) if i != 1] == alone
+    assert engine.metrics.batch_size._sum.get() >= 4  # they did share a batch (window 50 ms)
+    # Not an adapter failure: no fallback is counted.
+    assert engine.metrics.fallbacks.labels("exception")._value.get() == 0
+
+
+def test_tiny_temperature_samples_the_top_token(engine):
+    greedy = text_of(run(engine, "base", "hello world"))
+    assert text_of(run(engine, "base", "hello world", temperature=1e-300, seed=1)) == greedy
+
+
+def test_a_request_whose_stream_breaks_does_not_fail_the_others(engine):
+    def broken(ev: Event) -> None:
+        raise RuntimeError("client stream gone")
+
+    good: queue.Queue[Event] = queue.Queue()
+    engine.submit(Job(prompt=encode_chat(engine.tok, [{"role": "user", "content": "hi"}]), want="adapter",
+                      params=GenParams(max_tokens=4), deliver=broken))  # fmt: skip
+    engine.submit(Job(prompt=encode_chat(engine.tok, [{"role": "user", "content": "cat dog"}]), want="adapter",
+                      params=GenParams(max_tokens=4), deliver=good.put))  # fmt: skip
+    out = [good.get(timeout=30)]
+    while out[-1].kind not in ("done", "error"):
+        out.append(good.get(timeout=30))
+    assert out[-1].kind == "done" and text_of(out) == text_of(run(engine, "adapter", "cat dog", max_tokens=4))

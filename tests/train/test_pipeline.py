@@ -146,3 +146,28 @@ def test_curate_stage_feeds_training(tiny_run: Path) -> None:
     assert c["records_in"] == 7 and c["kept"] + c["rejected"] == 7 and c["rejected_by_reason"]["exact_duplicate"] == 1
     info = json.loads((cfg.run_dir / A.RUN_INFO).read_text())
     assert info["dataset"]["examples"] == c["kept"]
+
+
+def test_breached_budget_stops_early_through_the_real_trainer(tiny_run: Path) -> None:
+    """A budget the tiny model breaks at once (lr 0.01 moves it far from the base): the verdict is
+    recorded on every evaluation, the real Trainer stops after ``patience`` of them in a row, and
+    nothing outside the budget is exported."""
+    cfg = load_config(tiny_run / "cfg.yaml", ["budget.general_kl=1e-6", "train.patience=2", "train.max_steps=12", "train.eval_every=2"])
+    summary = run_pipeline(cfg)
+    history = [json.loads(l) for l in (cfg.run_dir / A.METRICS).read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 2, 4]  # stopped at step 4 of 12: two evaluations outside
+    assert history[0]["budget/state"] == "inside"
+    assert [h["budget/state"] for h in history[1:]] == ["outside", "outside"]
+    assert history[1]["budget/violations"][0]["kind"] == "general_kl"
+    assert summary["early_stop_step"] == 4
+    assert summary["selected"] is None and "base model is kept" in summary["verdict"]
+    assert not (cfg.run_dir / A.ADAPTER_DIR).exists()
+
+
+def test_no_budget_is_reported_as_such(tiny_run: Path) -> None:
+    cfg = load_config(tiny_run / "cfg.yaml", ["train.scale_sweep=[]"])
+    summary = run_pipeline(cfg)
+    assert "no budget set (general KL" in summary["verdict"] and "inside the budget" not in summary["verdict"]
+    assert "inside the budget" not in (cfg.run_dir / A.REPORT_MD).read_text()
+    history = [json.loads(l) for l in (cfg.run_dir / A.METRICS).read_text().splitlines()]
+    assert {h["budget/state"] for h in history} == {"unset"}

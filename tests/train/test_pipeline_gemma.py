@@ -60,7 +60,7 @@ def test_gemma3_270m_run_end_to_end(tmp_path: Path) -> None:
     history = [json.loads(l) for l in (run / A.METRICS).read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 2, 4]
     for h in history:
-        for key in ("general/kl", "domain/qa_recall", "domain/mc_acc", "budget/inside"):
+        for key in ("general/kl", "domain/qa_recall", "domain/mc_acc", "budget/state"):
             assert key in h, (h["step"], key)
     assert summary["budget"]["general_kl"] == 0.5 and summary["selected"] is not None
     assert summary["router"] is not None and 0.0 <= summary["router"]["calibration_auroc"] <= 1.0

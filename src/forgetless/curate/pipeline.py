@@ -36,7 +36,7 @@ from .. import artifacts
 from ..data import expand_paths
 from ..errors import ForgetlessError
 from ..io import atomic_write_json, atomic_write_text
-from ..train.config import DEFAULT_MODEL
+from ..model_config import DEFAULT_MODEL
 from . import dedup
 from .clean import CountMinSketch
 from .config import CurateConfig

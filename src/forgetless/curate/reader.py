@@ -16,6 +16,7 @@ from typing import Any
 
 from ..data import TEXT_SUFFIXES, record_to_example
 from ..errors import InputError
+from ..io import UTF8_BOM
 
 
 @dataclass
@@ -75,7 +76,7 @@ def iter_raw(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator
     stats = stats if stats is not None else {}
     for fi, file in enumerate(files):
         if file.suffix in TEXT_SUFFIXES:
-            raw = file.read_bytes()
+            raw = file.read_bytes().removeprefix(UTF8_BOM)
             if not raw.strip():
                 stats.setdefault("empty_files", []).append(str(file))
                 continue
@@ -84,6 +85,8 @@ def iter_raw(files: list[Path], stats: dict[str, Any] | None = None) -> Iterator
         n = 0
         with open(file, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
+                if lineno == 1:
+                    raw = raw.removeprefix(UTF8_BOM)
                 if not raw.strip():
                     stats["blank_lines"] = stats.get("blank_lines", 0) + 1
                     continue

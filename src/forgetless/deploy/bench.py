@@ -59,6 +59,7 @@ class BenchSpec:
     device: str = "cpu"
     threads: int = 0
     int8_backend: str = "torch"
+    trust_remote_code: bool = False  # run the model's own code: only for a run trained with it, when the user allows it
 
 
 class _StepClock:
@@ -129,7 +130,7 @@ def run_worker(spec: BenchSpec) -> dict[str, Any]:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     rss_start = _rss_mb()  # interpreter + torch + transformers, before any weights
-    t = resolve_target(spec.target)
+    t = resolve_target(spec.target, allow_remote_code=spec.trust_remote_code)
     tok = load_target_tokenizer(t)
     if spec.device != "cpu":
         torch.cuda.reset_peak_memory_stats()
@@ -173,6 +174,7 @@ def run_bench(
     int8_backend: str = "torch",
     timeout_s: float = 1800,
     on_variant: Any = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Benchmark each variant in its own subprocess; returns ``{"target", "settings", "results"}``.
 
@@ -181,7 +183,7 @@ def run_bench(
     """
     from .variants import nf4_available, resolve_target
 
-    t = resolve_target(target)
+    t = resolve_target(target, allow_remote_code=trust_remote_code)
     results = []
     for v in variants:
         if v not in t.variants():
@@ -194,7 +196,7 @@ def run_bench(
         if skip:
             results.append({"variant": v, "skipped": skip})
         else:
-            spec = BenchSpec(str(t.run_dir or t.base_model), v, concurrency, max_new_tokens, repeats, device, threads, int8_backend)
+            spec = BenchSpec(str(t.run_dir or t.base_model), v, concurrency, max_new_tokens, repeats, device, threads, int8_backend, trust_remote_code)
             proc = subprocess.run(
                 [sys.executable, "-m", "forgetless.deploy.bench", json.dumps(spec.__dict__)],
                 capture_output=True, text=True, timeout=timeout_s,

@@ -50,6 +50,10 @@ def bench_table(result: dict) -> Table:
     return t
 
 
+# A run trained with model.trust_remote_code runs the model's own code when loaded: never by default.
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow loading a run whose model needs its own code (model.trust_remote_code).")]
+
+
 def register(app: typer.Typer) -> None:
     """Add the deploy commands to the CLI."""
 
@@ -64,6 +68,7 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")] = 0,
         int8_backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results here (default: <run>/deploy/bench.json).")] = None,
+        trust_remote_code: TrustOpt = False,
     ) -> None:
         """Time to first token, per-token latency, throughput and peak memory for each variant."""
         from .bench import default_bench_path, run_bench, save_bench
@@ -85,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
             res = run_bench(
                 target, names, concurrency=conc, max_new_tokens=max_new_tokens, repeats=repeats,
-                device=device, threads=threads, int8_backend=int8_backend, on_variant=done,
+                device=device, threads=threads, int8_backend=int8_backend, on_variant=done, trust_remote_code=trust_remote_code,
             )
         path = json_out or default_bench_path(res["target"])
         if path is not None:
@@ -104,6 +109,7 @@ def register(app: typer.Typer) -> None:
         max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
         general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
         domain_limit: Annotated[int, typer.Option(min=0, help="Domain QA/MC items to use (0: all).")] = 0,
+        trust_remote_code: TrustOpt = False,
     ) -> None:
         """int8-quantize a run's merged model and gate it on both suites against fp32; exit 2 if refused."""
         from .quantize import quant_info_path, quantize_and_gate
@@ -112,7 +118,7 @@ def register(app: typer.Typer) -> None:
             task = prog.add_task("loading", total=None)
             res = quantize_and_gate(
                 run_dir, backend=backend, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop,
-                general_limit=general_limit, domain_limit=domain_limit,
+                general_limit=general_limit, domain_limit=domain_limit, allow_remote_code=trust_remote_code,
                 progress=lambda d: prog.update(task, description=d),
             )  # fmt: skip
         t = Table(title=f"int8 ({backend}) vs fp32: {run_dir}")

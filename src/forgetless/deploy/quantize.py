@@ -25,9 +25,11 @@ from typing import Any
 import torch
 
 from .. import artifacts
+from ..budget import PRIMARY_DOMAIN, BudgetConfig, judge, lower_is_better
 from ..errors import ForgetlessError
 from ..io import atomic_write_json, read_text_file
-from ..registry.lineage import PRIMARY_DOMAIN, adapter_hash, lower_is_better
+from ..registry.lineage import adapter_hash
+from ..runfolder import read_run_folder
 from .variants import Target, load_target_tokenizer, load_variant, quantize_int8
 
 
@@ -64,21 +66,22 @@ def judge_int8(
     fp32: dict[str, float],
     int8: dict[str, float],
     *,
-    budget_general_kl: float | None,
+    budget: BudgetConfig,
     max_kl_increase: float,
     max_domain_drop: float,
 ) -> tuple[bool, list[str], str | None]:
     """Pass/fail of an int8 model from both suites' scores next to the fp32 model's.
 
-    ``fp32``/``int8`` hold ``general/kl`` and the ``domain/...`` metrics. Returns
-    ``(passed, reasons, primary_metric)``.
+    ``fp32``/``int8`` hold ``general/kl`` and the ``domain/...`` metrics. The general side is two
+    budgets judged by :func:`forgetless.budget.judge`: the run's own, and the quantization
+    tolerance (fp32's KL plus ``max_kl_increase``). Returns ``(passed, reasons, primary_metric)``.
     """
     reasons = []
-    inc = int8["general/kl"] - fp32["general/kl"]
-    if inc > max_kl_increase:
-        reasons.append(f"general: KL to base rose by {inc:.4f} nats/token (limit {max_kl_increase})")
-    if budget_general_kl is not None and int8["general/kl"] > budget_general_kl:
-        reasons.append(f"general: KL to base {int8['general/kl']:.4f} exceeds the run's budget {budget_general_kl}")
+    tolerance = BudgetConfig(general_kl=fp32["general/kl"] + max_kl_increase)
+    if not judge(tolerance, int8).allowed:
+        inc = int8["general/kl"] - fp32["general/kl"]
+        reasons.append(f"general: KL to base rose by {inc:.4f} nats/token over fp32 (limit {max_kl_increase})")
+    reasons += [f"general: the run's budget: {v}" for v in judge(budget, int8).violations]
     metric = _primary(fp32)
     if metric is not None and metric in int8:
         drop = fp32[metric] - int8[metric]
@@ -100,6 +103,7 @@ def quantize_and_gate(
     general_limit: int | None = None,
     domain_limit: int = 0,
     progress: Any = None,
+    allow_remote_code: bool = False,
 ) -> GateResult:
     """Quantize a run's merged model to int8, evaluate both suites on fp32 and int8, write the verdict.
 
@@ -107,20 +111,17 @@ def quantize_and_gate(
     precision for time. ``progress(description)`` is called before each phase. Raises nothing for a
     refused model: the caller decides (the CLI exits 2); the result says why.
     """
-    from ..config import load_config
     from ..evaluate.domain import DomainData, domain_scores, load_domain
     from ..evaluate.drift import cached_reference, general_drift, load_general_prompts
     from ..models import load_model, tokenizer_fingerprint, weights_fingerprint
 
     say = progress or (lambda _d: None)
     t0 = time.perf_counter()
-    run_dir = Path(run_dir).resolve()
-    from .variants import resolve_target
-
-    t: Target = resolve_target(str(run_dir))
-    if t.run_dir is None:
-        raise ForgetlessError(f"{run_dir} is not a run folder (no {artifacts.RESOLVED_CONFIG})")
-    cfg = load_config(run_dir / artifacts.RESOLVED_CONFIG)
+    run = read_run_folder(run_dir)
+    run_dir, cfg = run.path, run.config
+    # Revision and remote-code setting travel with the run: the base scored here is the one it trained on.
+    t = Target(run.model(allow_remote_code=allow_remote_code), run_dir)
+    run.require_adapter()
     tok = load_target_tokenizer(t)
     pad = tok.pad_token_id or 0
     bs = cfg.eval.batch_size
@@ -128,7 +129,7 @@ def quantize_and_gate(
     say("base reference (cached by the training run)")
     limit = cfg.eval.general_limit if general_limit is None else general_limit
     prompts = load_general_prompts(cfg.eval.general_prompts, limit)
-    base = load_model(cfg.model.name, dtype="float32", trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)
+    base = load_model(t.base_model, dtype="float32", trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
     ref, _, _ = cached_reference(
         base, tok, prompts, base_fingerprint=weights_fingerprint(cfg.model.name, revision=cfg.model.revision),
         tokenizer_fingerprint=tokenizer_fingerprint(tok), max_new_tokens=cfg.eval.general_max_new_tokens,
@@ -148,7 +149,7 @@ def quantize_and_gate(
         return {"general/kl": d.kl, "general/nll": d.nll, **{k: v for k, v in dom.items() if isinstance(v, float)}}
 
     # fp32 whatever the run trained in: int8 is judged against full precision, not against bf16.
-    merged = load_variant(Target(t.base_model, t.run_dir, "float32"), "merged", tok=tok)
+    merged = load_variant(t.in_fp32(), "merged", tok=tok)
     fp32_scores = suites(merged, "fp32")
     say(f"quantizing ({backend})")
     int8 = quantize_int8(merged, backend)  # quantize_dynamic copies; torchao edits in place (fp32 is scored already)
@@ -156,7 +157,7 @@ def quantize_and_gate(
 
     budget = cfg.budget.general_kl
     passed, reasons, metric = judge_int8(
-        fp32_scores, int8_scores, budget_general_kl=budget, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
+        fp32_scores, int8_scores, budget=cfg.budget, max_kl_increase=max_kl_increase, max_domain_drop=max_domain_drop
     )
     result = GateResult(
         backend=backend,

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import artifacts
-from ..errors import InputError
-from ..io import atomic_write_text, read_text_file
-from ..registry.lineage import judge_suites, lower_is_better, read_metrics
+from ..io import atomic_write_text
+from ..budget import lower_is_better
+from ..registry.lineage import judge_suites
+from ..runfolder import read_run_folder
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -71,13 +72,6 @@ def _table(header: list[str], rows: list[list[str]], row_class: list[str] | None
         cls = f' class="{row_class[i]}"' if row_class and row_class[i] else ""
         body += f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>"
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(read_text_file(path))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
 
 
 def _curves(history: list[dict[str, Any]], budget: float | None, selected: int | None) -> str:
@@ -162,11 +156,11 @@ def _bench_section(bench: dict[str, Any]) -> str:
 
 def render_report(run_dir: str | Path) -> str:
     """The HTML text of a run's report (see the module docstring for what it holds)."""
-    run_dir = Path(run_dir)
-    summary_path = run_dir / artifacts.SUMMARY
-    summary = _load_json(summary_path) if summary_path.exists() else {}
-    history = sorted(read_metrics(run_dir), key=lambda h: h["step"])
-    budget = (summary.get("budget") or {}).get("general_kl")
+    run = read_run_folder(run_dir)
+    run_dir = run.path
+    summary = run.read_json(artifacts.SUMMARY) or {}
+    history = run.metrics()
+    budget = run.config.budget.general_kl
     sel = summary.get("selected") if isinstance(summary.get("selected"), dict) else None
     step = sel.get("step") if sel else None
     parts = [f"<h1>forgetless run: {_e(run_dir.resolve().name)}</h1>"]
@@ -174,15 +168,15 @@ def render_report(run_dir: str | Path) -> str:
     # Budget verdict: the same rule the registry applies to promotion.
     parts.append("<h2>Verdict</h2>")
     parts.append(f"<p>{_e(summary.get('verdict', 'no summary.json: the run did not finish'))}</p>")
-    by_step = {h["step"]: h for h in history}
-    if step is not None and step in by_step and 0 in by_step:
+    if step is not None and history and history[0]["step"] == 0:
         num = lambda h: {k: float(v) for k, v in h.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}  # noqa: E731
-        d_ok, g_ok, why = judge_suites(num(by_step[step]), num(by_step[0]), budget)
+        v = judge_suites(num(run.selected()[2]), num(history[0]), run.config.budget)
+        general = '<span class="muted">no budget set</span>' if v.budget.state == "unset" else _verdict(v.general_pass)
         parts.append(
-            _table(["suite", "verdict"], [["domain (primary metric beats the base)", _verdict(d_ok)], [f"general (KL to base within budget {_num(budget)})", _verdict(g_ok)]])
+            _table(["suite", "verdict"], [["domain (primary metric beats the base)", _verdict(v.domain_pass)], [f"general ({_e(v.budget.describe())})", general]])
         )
-        if why:
-            parts.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in why) + "</ul>")
+        if v.reasons:
+            parts.append("<ul>" + "".join(f"<li>{_e(w)}</li>" for w in v.reasons) + "</ul>")
     else:
         parts.append('<p class="fail">no checkpoint selected: the base model is kept</p>')
 
@@ -200,22 +194,20 @@ def render_report(run_dir: str | Path) -> str:
     header = ["step"] + [c + (" ↓" if lower_is_better(c) else "") for c in cols]
     parts.append(_table(header, rows, ["sel" if h["step"] == step else "" for h in history]))
 
-    router_path = run_dir / artifacts.ROUTER_INFO
-    if router_path.exists():
-        info = _load_json(router_path)
+    info = run.read_json(artifacts.ROUTER_INFO)
+    if info is not None:
         parts.append("<h2>Router calibration</h2>")
         flat = [[_e(k), _num(v)] for k, v in info.items() if not isinstance(v, (dict, list))]
         parts.append(_table(["field", "value"], flat))
         parts.append(_router_chart(info))
 
-    bench_path = run_dir / artifacts.DEPLOY_DIR / artifacts.BENCH_JSON
-    if bench_path.exists():
+    bench = run.read_json(f"{artifacts.DEPLOY_DIR}/{artifacts.BENCH_JSON}")
+    if bench is not None:
         parts.append("<h2>Serving benchmark</h2>")
-        parts.append(_bench_section(_load_json(bench_path)))
+        parts.append(_bench_section(bench))
 
-    quant_path = run_dir / artifacts.DEPLOY_DIR / artifacts.QUANT_DIR / artifacts.QUANT_INFO
-    if quant_path.exists():
-        q = _load_json(quant_path)
+    q = run.read_json(f"{artifacts.DEPLOY_DIR}/{artifacts.QUANT_DIR}/{artifacts.QUANT_INFO}")
+    if q is not None:
         g = q.get("general", {})
         parts.append(f"<h2>int8 quality gate: {_verdict(q.get('verdict') == 'pass')}</h2>")
         qrows = [["general/kl (to base)", _num(g.get("kl_fp32")), _num(g.get("kl_int8")), _num(g.get("kl_increase"))]]
@@ -226,9 +218,8 @@ def render_report(run_dir: str | Path) -> str:
         if q.get("reasons"):
             parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in q["reasons"]) + "</ul>")
 
-    info_path = run_dir / artifacts.RUN_INFO
-    if info_path.exists():
-        info = _load_json(info_path)
+    info = run.read_json(artifacts.RUN_INFO)
+    if info is not None:
         hashes = info.get("hashes", {})
         lrows = [["code version", f"<code>{_e(info.get('code_version', '-'))}</code>"]]
         for k, v in hashes.items():

@@ -18,28 +18,42 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import artifacts
 from ..errors import ForgetlessError
-from ..io import read_text_file
+from ..model_config import ModelConfig
+from ..runfolder import is_run_folder, read_run_folder
 
 VARIANTS = ("base", "adapter", "merged", "int8", "nf4")
 INT8_BACKENDS = ("torch", "torchao")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """What to deploy: a base model and, for a run, its adapter."""
+    """What to deploy: a base model (with the revision and remote-code setting it was trained
+    with) and, for a run, its adapter."""
 
-    base_model: str
+    model: ModelConfig
     run_dir: Path | None = None
-    dtype: str = "float32"
+
+    @property
+    def base_model(self) -> str:
+        """The base model's name, hub id or folder."""
+        return self.model.name
+
+    @property
+    def dtype(self) -> str:
+        """Weights dtype the run trained with."""
+        return self.model.dtype
+
+    def in_fp32(self) -> Target:
+        """The same target loaded in float32 (what int8 and the quality gates start from)."""
+        return replace(self, model=self.model.model_copy(update={"dtype": "float32"}))
 
     @property
     def adapter_dir(self) -> Path | None:
@@ -56,23 +70,21 @@ class Target:
         return VARIANTS if self.run_dir is not None else ("base", "int8")
 
 
-def resolve_target(target: str, *, db_path: Path | None = None) -> Target:
-    """``registry:ALIAS``, a run folder (has ``config.resolved.yaml``), or a model name / folder."""
+def resolve_target(target: str, *, db_path: Path | None = None, allow_remote_code: bool = False) -> Target:
+    """``registry:ALIAS``, a run folder (has ``config.resolved.yaml``), or a model name / folder.
+
+    A run folder's base is loaded exactly as it was trained (revision included); one trained with
+    ``trust_remote_code`` needs ``allow_remote_code``.
+    """
     if target.startswith("registry:"):
         from ..registry import resolve_alias
 
-        return resolve_target(str(resolve_alias(target.split(":", 1)[1], db_path)))
-    p = Path(target)
-    cfg_path = p / artifacts.RESOLVED_CONFIG
-    if cfg_path.exists():
-        cfg = yaml.safe_load(read_text_file(cfg_path)) or {}
-        model = cfg.get("model") or {}
-        if not isinstance(model.get("name"), str):
-            raise ForgetlessError(f"{cfg_path}: missing model.name")
-        if not (p / artifacts.ADAPTER_DIR / "adapter_config.json").exists():
-            raise ForgetlessError(f"{p} is a run folder without a final adapter ({artifacts.ADAPTER_DIR}/adapter_config.json)")
-        return Target(base_model=model["name"], run_dir=p.resolve(), dtype=model.get("dtype") or "float32")
-    return Target(base_model=target)
+        return resolve_target(str(resolve_alias(target.split(":", 1)[1], db_path)), allow_remote_code=allow_remote_code)
+    if is_run_folder(target):
+        run = read_run_folder(target)
+        run.require_adapter()
+        return Target(run.model(allow_remote_code=allow_remote_code), run.path)
+    return Target(ModelConfig(name=target, trust_remote_code=allow_remote_code))
 
 
 def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
@@ -82,7 +94,7 @@ def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
     a = t.adapter_dir
     if a is not None and (a / "tokenizer_config.json").exists():
         return load_tokenizer(str(a))
-    return load_tokenizer(t.base_model)
+    return load_tokenizer(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
 
 
 def quantize_int8(model: PreTrainedModel, backend: str = "torch") -> PreTrainedModel:
@@ -174,13 +186,13 @@ def load_variant(
         raise ForgetlessError(f"target {t.label} has no '{variant}' variant (it has: {', '.join(t.variants())})")
     tok = tok if tok is not None else load_target_tokenizer(t)
     if variant == "nf4":
-        base = load_base_4bit(t.base_model)
+        base = load_base_4bit(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
         return _attach_adapter(base, t, tok)
     if variant == "int8" and device != "cpu":
         raise ForgetlessError("the int8 variant uses CPU kernels; bench it with --device cpu")
     # int8 always starts from fp32 weights: quantizing bf16 would stack two roundings.
     dtype = "float32" if variant == "int8" else t.dtype
-    model = load_model(t.base_model, dtype=dtype)
+    model = load_model(t.base_model, dtype=dtype, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
     if variant != "base" and t.run_dir is not None:
         model = _attach_adapter(model, t, tok)
         if variant in ("merged", "int8"):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..errors import InputError
+from ..errors import ForgetlessError, InputError
 from ..io import iter_jsonl
-from .sandbox import RunResult, run_python
+from .sandbox import UNCONFINED_ENV, RunResult, run_python
 from .scoring import chat_prompt_ids, generate_greedy_until
 
 CODE_FILE = Path(__file__).parent / "data" / "code.v1.jsonl"
@@ -73,10 +73,22 @@ def program_for(task: CodeTask, code: str) -> str:
 
 
 def run_tests(tasks: Sequence[CodeTask], codes: Sequence[str], *, timeout_s: float = TIMEOUT_S, workers: int = 4) -> list[RunResult]:
-    """Run each candidate against its task's tests in the sandbox, ``workers`` at a time."""
+    """Run each candidate against its task's tests in the sandbox, ``workers`` at a time.
+
+    Raises :class:`ForgetlessError` when the sandbox cannot confine the programs on this kernel.
+    """
     # Threads only wait on subprocesses here, so the GIL is not a bottleneck.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda tc: run_python(program_for(tc[0], tc[1]), timeout_s=timeout_s), zip(tasks, codes)))
+        results = list(pool.map(lambda tc: run_python(program_for(tc[0], tc[1]), timeout_s=timeout_s), zip(tasks, codes)))
+    refused = next((r for r in results if r.not_run), None)
+    if refused is not None:
+        # A pass rate of programs that never ran would read as "the model forgot how to code".
+        raise ForgetlessError(
+            f"code suite not scored: this kernel cannot enforce {', '.join(refused.unconfined)} in the sandbox, and model-written "
+            f"code is not run unconfined. Run the evaluation inside a container (the real boundary) and set {UNCONFINED_ENV}=1 "
+            "there, or leave 'code' out of eval.general_suites"
+        )
+    return results
 
 
 def code_answers(

@@ -1,4 +1,4 @@
-"""Config sections for evaluation and the forgetting budget."""
+"""The evaluation config section: what both suites measure at every checkpoint, and at what cost."""
 
 from __future__ import annotations
 
@@ -42,16 +42,4 @@ class EvalConfig(_Section):
     suite_limits: dict[str, int] = Field(
         default_factory=lambda: {"math": 16, "code": 8, "knowledge_mc": 40},
         description="Items per general suite in the loop (subsets keep evaluation cheap; `forgetless eval` runs the full suites).",
-    )
-
-
-class BudgetConfig(_Section):
-    """How much general ability the user will trade for domain gain."""
-
-    general_kl: float | None = Field(
-        None, ge=0, description="Max mean KL(base || tuned) in nats/token on general prompts (None: no limit)."
-    )
-    general_accuracy_drop: float | None = Field(
-        None, ge=0,
-        description="Max drop, in percentage points, of any general accuracy suite (knowledge, math, code) against the base. A drop counts only when its 95% bootstrap interval excludes zero.",
     )

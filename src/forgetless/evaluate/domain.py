@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..data import Example, load_examples, require_fields
+from ..data import Example, load_examples, require_fields, tokenize_example
 from ..errors import InputError
 from ..io import iter_jsonl
 from . import metrics
@@ -146,8 +146,6 @@ def domain_scores(
         for split, idx in _splits(data.mc).items():
             out[f"domain/mc_acc/{split}"] = _mean([acc[i] for i in idx])
     if data.text:
-        from ..train.dataset import tokenize_example
-
         pairs = []
         for ex in data.text:
             t = tokenize_example(tok, ex, system_prompt=system_prompt)

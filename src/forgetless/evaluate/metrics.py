@@ -45,7 +45,7 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-# --- added for the general suites (issue 4) ------------------------------------------------------
+# --- the general suites ---------------------------------------------------------------------------
 
 _ROUGE_SCORER = None
 

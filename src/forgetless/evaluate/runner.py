@@ -7,7 +7,6 @@ itself is the same weights with the adapter disabled: no second copy is ever in 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..adapter import adapter_off
 from ..cache import cache_dir
 from ..hashing import sha256_json
 from ..io import atomic_write_json
@@ -28,6 +28,15 @@ from .stats import Score, make_score
 
 # Bump when a change to the scorers changes the numbers: cached base evaluations are then redone.
 EVAL_VERSION = 2
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation measured: the flat metrics line, and the per-item scores behind it
+    (paired comparisons, such as the budget's accuracy-drop test, need the items)."""
+
+    metrics: dict[str, Any]
+    scores: dict[str, Score]
 
 
 @dataclass
@@ -48,8 +57,7 @@ class Evaluator:
     suite_limits: Mapping[str, int] | None = None
     base_cache_key: str | None = None  # identifies the base weights: its suite scores are cached
     precision: str = "fp32"  # resolved ("fp32" or "bf16"); the reference must be built under the same
-    last_scores: dict[str, Score] = field(default_factory=dict)
-    base_scores: dict[str, Score] = field(default_factory=dict)
+    base_scores: dict[str, Score] = field(default_factory=dict)  # cache of the base's general-suite scores
 
     def _suites(self, model: torch.nn.Module, *, cache_key: str | None) -> dict[str, Score]:
         if not self.general_suites:
@@ -65,10 +73,9 @@ class Evaluator:
     def ensure_base_scores(self, model: torch.nn.Module) -> dict[str, Score]:
         """The base's general-suite scores (adapter disabled; cached by the base fingerprint)."""
         if not self.base_scores and self.general_suites:
-            ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
             was = model.training
             model.eval()
-            with ctx, prec.evaluating(model, self.precision):
+            with adapter_off(model), prec.evaluating(model, self.precision):
                 self.base_scores = self._suites(model, cache_key=self.base_cache_key)
             model.train(was)
         return self.base_scores
@@ -85,7 +92,7 @@ class Evaluator:
         return cache_dir("base_eval") / f"{key[:32]}.json"
 
     @torch.no_grad()
-    def evaluate_base(self, model: torch.nn.Module) -> tuple[dict[str, Any], bool]:
+    def evaluate_base(self, model: torch.nn.Module) -> tuple[Evaluation, bool]:
         """Step-0 metrics: the base model, scored once per (base, data, settings) and cached.
 
         Only used when ``model`` is exactly the base (:func:`is_noop_adapter`): then every score
@@ -94,16 +101,16 @@ class Evaluator:
         path = self._base_eval_file()
         if path is not None and path.exists():
             cached = json.loads(path.read_text())
-            self.last_scores = {k: Score.from_dict(v) for k, v in cached["scores"].items()}
-            return {**cached["metrics"], "time/eval_cached": 1}, True
-        metrics = self.evaluate(model, step=0)
+            scores = {k: Score.from_dict(v) for k, v in cached["scores"].items()}
+            return Evaluation({**cached["metrics"], "time/eval_cached": 1}, scores), True
+        ev = self.evaluate(model, step=0)
         if path is not None:
-            atomic_write_json(path, {"metrics": metrics, "scores": {k: v.to_dict(with_values=True) for k, v in self.last_scores.items()}})
-        return metrics, False
+            atomic_write_json(path, {"metrics": ev.metrics, "scores": {k: v.to_dict(with_values=True) for k, v in ev.scores.items()}})
+        return ev, False
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, step: int) -> dict[str, Any]:
-        """Run both suites on ``model`` (put in eval mode, restored after)."""
+    def evaluate(self, model: torch.nn.Module, step: int) -> Evaluation:
+        """Run both suites on ``model`` (put in eval mode, restored after); returns what they measured."""
         was_training = model.training
         model.eval()
         t0 = time.perf_counter()
@@ -123,7 +130,6 @@ class Evaluator:
         scores["kl"] = make_score(drift.per_prompt_kl, self.reference.ids)
         for name, vals in items.items():
             scores[name] = make_score(vals)
-        self.last_scores = scores
         metrics: dict[str, Any] = {"step": step, "general/kl": drift.kl, "general/nll": drift.nll}
         for cat, v in drift.kl_by_category.items():
             metrics[f"general/kl/{cat}"] = v
@@ -140,7 +146,7 @@ class Evaluator:
                 metrics[f"{name}_lo"], metrics[f"{name}_hi"], metrics[f"{name}_n"] = sc.ci_low, sc.ci_high, sc.n
         metrics["time/eval_general_s"] = round(t1 - t0, 3)
         metrics["time/eval_domain_s"] = round(t2 - t1, 3)
-        return metrics
+        return Evaluation(metrics, scores)
 
 
 def is_noop_adapter(model: torch.nn.Module) -> bool:
@@ -172,7 +178,7 @@ def eval_timing(history: list[dict[str, Any]], train_s: float) -> dict[str, Any]
 
     ``train_s`` is the Trainer's wall time, which includes the evaluations at checkpoints (steps >
     0); the step-0 evaluation of the base runs before it. ``eval_share`` is in-loop evaluation
-    time over the rest of the training time (what issue 4's "<= 15% of training" measures).
+    time over the rest of the training time (the goal is <= 15% of training).
     """
     in_loop = sum(eval_seconds(h) for h in history if h["step"] > 0)
     base = sum(eval_seconds(h) for h in history if h["step"] == 0)

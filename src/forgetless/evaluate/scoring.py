@@ -212,7 +212,7 @@ def decode_greedy(
     return out
 
 
-# --- added for the general suites (issue 4) ------------------------------------------------------
+# --- the general suites ---------------------------------------------------------------------------
 
 
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:

@@ -22,6 +22,11 @@ def _verdict(ok: bool) -> str:
     return "[green]pass[/]" if ok else "[red]fail[/]"
 
 
+def _general(v: Version) -> str:
+    """The general suite's verdict; a run with no budget set shows that, not a pass or a fail."""
+    return "[yellow]no budget[/]" if v.budget_state == "unset" else _verdict(v.general_pass)
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
 
@@ -34,7 +39,7 @@ def _show(v: Version, aliases: list[str]) -> None:
         t.add_row(f, str(getattr(v, f)))
     t.add_row("budget general_kl", _fmt(v.budget_general_kl))
     t.add_row("domain suite", _verdict(v.domain_pass))
-    t.add_row("general suite", _verdict(v.general_pass))
+    t.add_row("general suite", _general(v))
     for r in v.reasons:
         t.add_row("reason", r)
     out.print(t)
@@ -65,7 +70,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(v.as_dict(), indent=2))
             return
         what = "registered" if created else "already registered as"
-        out.print(f"{what} [bold]{v.ref}[/]  domain {_verdict(v.domain_pass)}  general {_verdict(v.general_pass)}")
+        out.print(f"{what} [bold]{v.ref}[/]  domain {_verdict(v.domain_pass)}  general {_general(v)}")
 
     @reg.command("list")
     def list_cmd(
@@ -87,7 +92,7 @@ def register(app: typer.Typer) -> None:
             t.add_column(c)
         for v in versions:
             t.add_row(
-                v.ref, ", ".join(by_ref.get(v.ref, [])), _verdict(v.domain_pass), _verdict(v.general_pass),
+                v.ref, ", ".join(by_ref.get(v.ref, [])), _verdict(v.domain_pass), _general(v),
                 _fmt(v.scores.get("general/kl")), _fmt(v.budget_general_kl), v.base_model, v.created_at,
             )
         out.print(t)
@@ -111,10 +116,11 @@ def register(app: typer.Typer) -> None:
     def promote_cmd(
         ref: Annotated[str, typer.Argument(help="name:version to promote.")],
         alias: Annotated[str, typer.Option("--alias", "-a", help="Alias to point at it.")] = "prod",
+        allow_no_budget: Annotated[bool, typer.Option("--allow-no-budget", help="Promote a run that set no forgetting budget (its domain suite must still pass).")] = False,
         db: DbOpt = None,
     ) -> None:
         """Point ALIAS at a version; refused unless both suites passed."""
-        v = Registry(db).promote(ref, alias)
+        v = Registry(db).promote(ref, alias, allow_no_budget=allow_no_budget)
         out.print(f"[bold]{alias}[/] -> {v.ref}")
 
     @reg.command("rollback")

@@ -1,32 +1,25 @@
-"""Read what a run folder says about itself: lineage hashes, both suites' scores and the budget verdict.
+"""What a run folder says about itself, as the registry stores it: lineage hashes, both suites'
+scores and the verdict.
 
 The registry never trusts a name: every field here is a content hash or a number read from the
-run folder's own files (``run_info.json``, ``config.resolved.yaml``, ``summary.json``,
-``metrics.jsonl``, ``adapter/``). Where ``run_info.json`` lacks a hash (an older run, or a run
-folder assembled by hand) the hash is computed from the files the resolved config names.
+run folder's own files, through the one run-folder reader (:mod:`forgetless.runfolder`). Where
+``run_info.json`` lacks a hash (an older run, or a run folder assembled by hand) the hash is
+computed from the files the resolved config names. The general verdict is the budget's own
+(:func:`forgetless.budget.judge`), on the metrics of the adapter the run exported.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .. import __version__, artifacts
+from .. import __version__
+from ..budget import PRIMARY_DOMAIN, BudgetConfig, Verdict, judge, lower_is_better
 from ..errors import InputError
 from ..hashing import sha256_files, sha256_json
-from ..io import iter_jsonl, read_text_file
-
-# The metrics the training stage ranks checkpoints by, in order (higher is better): the registry
-# judges the domain suite by the same metric the run selected its checkpoint by.
-from ..train.select import PRIMARY_DOMAIN  # noqa: E402
-
-# Metric names whose value should go DOWN when the model gets better (everything else goes up).
-_LOWER_IS_BETTER = ("ppl", "perplexity", "loss", "nll", "kl")
+from ..runfolder import RunFolder, read_run_folder
 
 # Keys under which run_info.json may hold each lineage hash, tried in order (the pipeline writes
 # one of these; accepting a few spellings keeps older run folders registrable).
@@ -51,12 +44,13 @@ class RunRecord:
     config_sha256: str
     code_version: str
     selected_step: int | None
-    scores: dict[str, float] = field(default_factory=dict)  # selected step: "domain/..." and "general/..."
+    scores: dict[str, float] = field(default_factory=dict)  # the exported adapter: "domain/..." and "general/..."
     base_scores: dict[str, float] = field(default_factory=dict)  # step 0 (the base model)
     budget_general_kl: float | None = None
     domain_pass: bool = False
     general_pass: bool = False
     reasons: list[str] = field(default_factory=list)  # why a suite failed, one line each
+    budget_state: str = "unset"  # the budget's verdict: inside, outside, or unset (no budget was set)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable)."""
@@ -71,28 +65,12 @@ def _dig(obj: Any, path: tuple[str, ...]) -> Any:
     return obj
 
 
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(read_text_file(path))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON: {e.msg}", file=path, line=e.lineno) from None
-    if not isinstance(obj, dict):
-        raise InputError("expected a JSON object", file=path)
-    return obj
-
-
 def adapter_hash(adapter_dir: Path) -> str:
     """Content hash of an adapter folder: every file's name and SHA-256 (sorted)."""
     files = [p for p in adapter_dir.rglob("*") if p.is_file()]
     if not files:
         raise InputError("adapter folder is empty", file=adapter_dir)
     return sha256_files(files)
-
-
-def lower_is_better(metric: str) -> bool:
-    """True for metrics such as perplexity or KL, where a smaller value is the better one."""
-    leaf = metric.rsplit("/", 1)[-1].lower()
-    return any(tag in leaf for tag in _LOWER_IS_BETTER)
 
 
 def _numeric(rec: dict[str, Any]) -> dict[str, float]:
@@ -103,92 +81,46 @@ def _numeric(rec: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All evaluation lines of ``metrics.jsonl`` (each has an integer ``step``), in file order."""
-    path = run_dir / artifacts.METRICS
-    rows = []
-    for line, rec in iter_jsonl(path):
-        if not isinstance(rec.get("step"), int):
-            raise InputError("missing integer 'step'", file=path, line=line, field="step")
-        rows.append(rec)
-    return rows
+@dataclass(frozen=True)
+class SuiteVerdict:
+    """Both suites judged: the domain against the base, the general side by the budget."""
+
+    domain_pass: bool
+    budget: Verdict
+    reasons: list[str]
+
+    @property
+    def general_pass(self) -> bool:
+        """Only a budget that was set and kept passes; "no budget set" is not a pass."""
+        return self.budget.inside
 
 
-def _selected_step(summary: dict[str, Any], rows: list[dict[str, Any]], run_dir: Path) -> int:
-    for key in ("selected_step", "best_step", "step"):
-        v = summary.get(key)
-        if isinstance(v, int):
-            return v
-    if "selected" in summary and summary["selected"] is None:
-        raise InputError(
-            f"the run selected no checkpoint ({summary.get('verdict', 'no verdict')}): there is no tuned model to register",
-            file=run_dir / artifacts.SUMMARY,
-        )
-    sel = summary.get("selected_checkpoint") or summary.get("selected")
-    if isinstance(sel, dict) and isinstance(sel.get("step"), int):
-        return sel["step"]
-    if isinstance(sel, str) and sel.rsplit("-", 1)[-1].isdigit():
-        return int(sel.rsplit("-", 1)[-1])
-    # No selection recorded: the last evaluation is what the adapter folder holds.
-    return rows[-1]["step"]
+def judge_suites(scores: dict[str, Any], base_scores: dict[str, Any], budget: BudgetConfig) -> SuiteVerdict:
+    """Both suites of the exported adapter's ``scores`` against step 0 (the base).
 
-
-def judge_suites(
-    scores: dict[str, float], base_scores: dict[str, float], budget_general_kl: float | None
-) -> tuple[bool, bool, list[str]]:
-    """Pass/fail for both suites from the selected step's scores against step 0 (the base).
-
-    * general passes when ``general/kl`` is within the budget (no budget: it passes, as the config says
-      "no limit"); a budget with no measured KL fails, because nothing proves it was kept.
+    * general: the budget's verdict (:func:`forgetless.budget.judge`), the same one training,
+      selection and the deploy gates use;
     * domain passes when the primary domain metric -- the one the training stage ranks checkpoints
-      by (:data:`PRIMARY_DOMAIN`, else perplexity) -- is strictly better than the base's.
+      by (:data:`~forgetless.budget.PRIMARY_DOMAIN`, else perplexity) -- is strictly better than the base's.
     """
-    reasons: list[str] = []
-    kl = scores.get("general/kl")
-    if budget_general_kl is None:
-        general_ok = True
-    elif kl is None:
-        general_ok = False
-        reasons.append(f"general: budget general_kl={budget_general_kl} but no general/kl was measured")
-    else:
-        general_ok = kl <= budget_general_kl
-        if not general_ok:
-            reasons.append(f"general: general/kl={kl:.4g} exceeds budget {budget_general_kl:.4g}")
+    verdict = judge(budget, scores)
+    reasons = [f"general: {v}" for v in verdict.violations]
+    if verdict.state == "unset":
+        reasons.append(f"general: {verdict.describe()}: nothing bounds the drift")
     primary = next((m for m in (*PRIMARY_DOMAIN, "domain/ppl") if m in scores and m in base_scores), None)
     if primary is None:
         reasons.append("domain: no primary domain metric measured at both step 0 and the selected step")
-        return False, general_ok, reasons
-    delta = scores[primary] - base_scores[primary]
+        return SuiteVerdict(False, verdict, reasons)
+    delta = float(scores[primary]) - float(base_scores[primary])
     domain_ok = (-delta if lower_is_better(primary) else delta) > 0
     if not domain_ok:
         reasons.append(f"domain: {primary} did not improve on the base ({base_scores[primary]:.4g} -> {scores[primary]:.4g})")
-    return domain_ok, general_ok, reasons
+    return SuiteVerdict(domain_ok, verdict, reasons)
 
 
-def read_run(run_dir: str | Path) -> RunRecord:
-    """Read a finished run folder into a :class:`RunRecord`; raises :class:`InputError` naming the bad file."""
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise InputError("run folder not found", file=run_dir)
-    cfg_path = run_dir / artifacts.RESOLVED_CONFIG
-    try:
-        cfg = yaml.safe_load(read_text_file(cfg_path))
-    except yaml.YAMLError as e:
-        raise InputError(f"not valid YAML: {e}", file=cfg_path) from None
-    if not isinstance(cfg, dict):
-        raise InputError("expected a mapping of config sections", file=cfg_path)
-    info_path = run_dir / artifacts.RUN_INFO
-    info = _load_json(info_path) if info_path.exists() else {}
-    summary = _load_json(run_dir / artifacts.SUMMARY)
-    rows = read_metrics(run_dir)
-    adapter = run_dir / artifacts.ADAPTER_DIR
-    if not (adapter / "adapter_config.json").exists():
-        raise InputError("no adapter_config.json: the run has no final adapter", file=adapter)
-
-    base_model = _dig(cfg, ("model", "name"))
-    if not isinstance(base_model, str):
-        raise InputError("missing model.name", file=cfg_path, field="model.name")
-
+def _lineage_hashes(run: RunFolder) -> dict[str, str]:
+    info = run.info()
+    cfg = run.config
     found: dict[str, str] = {}
     for name, paths in _RUN_INFO_KEYS.items():
         for path in paths:
@@ -203,52 +135,53 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if "base_sha256" not in found:
         from ..models import weights_fingerprint
 
-        found["base_sha256"] = weights_fingerprint(base_model, revision=_dig(cfg, ("model", "revision")))
+        found["base_sha256"] = weights_fingerprint(cfg.model.name, revision=cfg.model.revision)
     if "tokenizer_sha256" not in found:
         # The adapter folder may carry its own tokenizer (extended vocabulary); else the base's.
         from ..models import load_tokenizer, tokenizer_fingerprint
 
-        src = str(adapter) if (adapter / "tokenizer_config.json").exists() else base_model
-        found["tokenizer_sha256"] = tokenizer_fingerprint(load_tokenizer(src))
+        own = (run.adapter_dir / "tokenizer_config.json").exists()
+        src = str(run.adapter_dir) if own else cfg.model.name
+        found["tokenizer_sha256"] = tokenizer_fingerprint(load_tokenizer(src, revision=None if own else cfg.model.revision))
     if "data_sha256" not in found:
         files: list[Path] = []
-        for p in (_dig(cfg, ("data", "train")) or []) + [_dig(cfg, ("data", "replay"))]:
+        for p in [*cfg.data.train, cfg.data.replay]:
             if p is None:
                 continue
-            p = Path(p)
             if not p.exists():
-                raise InputError(f"data file {p} named in the config no longer exists; cannot hash it", file=cfg_path, field="data.train")
+                raise InputError(f"data file {p} named in the config no longer exists; cannot hash it", file=run.path, field="data.train")
             files.extend(sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])
         found["data_sha256"] = sha256_files(files) if files else sha256_json([])
     found.setdefault("code_version", f"forgetless {__version__}")
+    return found
 
-    # The config hash ignores run_dir: the same job run into two folders has the same config.
-    config_sha = sha256_json({k: v for k, v in cfg.items() if k != "run_dir"})
-    step = _selected_step(summary, rows, run_dir)
-    by_step = {r["step"]: r for r in rows}
-    if step not in by_step:
-        raise InputError(f"selected step {step} has no line in {artifacts.METRICS}", file=run_dir / artifacts.SUMMARY)
-    if 0 not in by_step:
-        raise InputError("no step 0 (base model) evaluation", file=run_dir / artifacts.METRICS)
-    scores, base_scores = _numeric(by_step[step]), _numeric(by_step[0])
-    budget = _dig(cfg, ("budget", "general_kl"))
-    budget = float(budget) if isinstance(budget, (int, float)) else None
-    domain_ok, general_ok, reasons = judge_suites(scores, base_scores, budget)
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """Read a finished run folder into a :class:`RunRecord`; raises :class:`InputError` naming the bad file."""
+    run = read_run_folder(run_dir)
+    adapter = run.require_adapter()
+    step, _scale, selected = run.selected()
+    rows = run.metrics()
+    if not rows or rows[0]["step"] != 0:
+        raise InputError("no step 0 (base model) evaluation", file=run.path / "metrics.jsonl")
+    found = _lineage_hashes(run)
+    scores, base_scores = _numeric(selected), _numeric(rows[0])
+    verdict = judge_suites(scores, base_scores, run.config.budget)
     return RunRecord(
-        run_dir=str(run_dir),
-        base_model=base_model,
+        run_dir=str(run.path),
+        base_model=run.config.model.name,
         adapter_sha256=adapter_hash(adapter),
         base_sha256=found["base_sha256"],
         tokenizer_sha256=found["tokenizer_sha256"],
         data_sha256=found["data_sha256"],
-        config_sha256=config_sha,
+        config_sha256=run.config_sha256(),
         code_version=found["code_version"],
         selected_step=step,
         scores=scores,
         base_scores=base_scores,
-        budget_general_kl=budget,
-        domain_pass=domain_ok,
-        general_pass=general_ok,
-        reasons=reasons,
+        budget_general_kl=run.config.budget.general_kl,
+        domain_pass=verdict.domain_pass,
+        general_pass=verdict.general_pass,
+        reasons=verdict.reasons,
+        budget_state=verdict.budget.state,
     )
-

@@ -29,7 +29,7 @@ from .lineage import RunRecord, adapter_hash, read_run
 
 # A name is one path-safe token: letters, digits, '.', '_', '-', starting with a letter or digit.
 # That alone rejects '../x', 'a/b' and '' -- names end up in file names and URLs elsewhere.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch: "$" would accept a trailing newline
 
 LINEAGE_FIELDS = ("base_model", "base_sha256", "tokenizer_sha256", "data_sha256", "config_sha256", "code_version", "adapter_sha256")
 
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS versions (
     general_pass INTEGER NOT NULL,
     reasons TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    budget_state TEXT NOT NULL DEFAULT 'unknown',
     UNIQUE (name, version)
 );
 CREATE TABLE IF NOT EXISTS aliases (
@@ -80,7 +81,7 @@ def default_db_path() -> Path:
 
 def validate_name(name: str, what: str = "name") -> str:
     """Return ``name`` if it is a safe registry name, else raise :class:`InputError` saying why."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InputError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (no '/' or '..')"
         )
@@ -114,6 +115,7 @@ class Version:
     general_pass: bool
     reasons: list[str]
     created_at: str
+    budget_state: str = "unknown"  # inside, outside, unset (no budget set); unknown for rows registered before it was recorded
 
     @property
     def ref(self) -> str:
@@ -150,6 +152,11 @@ class Registry:
             # WAL: readers (serve polling an alias) never block the writer, nor it them.
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            # Databases made before the budget's state was recorded gain the column (one statement,
+            # idempotent: the column list is checked first).
+            cols = {r["name"] for r in con.execute("PRAGMA table_info(versions)")}
+            if "budget_state" not in cols:
+                con.execute("ALTER TABLE versions ADD COLUMN budget_state TEXT NOT NULL DEFAULT 'unknown'")
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the write lock is taken
@@ -192,6 +199,9 @@ class Registry:
         validate_name(name)
         rec = record if record is not None else read_run(run_dir)
         with self._write() as con:
+            # One namespace for names and aliases: `get("x")` must never have two meanings.
+            if con.execute("SELECT 1 FROM alias_events WHERE alias=? LIMIT 1", (name,)).fetchone():
+                raise InputError(f"invalid name {name!r}: it is already an alias in registry {self.path}; pick another name")
             row = con.execute(
                 "SELECT * FROM versions WHERE name=? AND adapter_sha256=? AND config_sha256=?",
                 (name, rec.adapter_sha256, rec.config_sha256),
@@ -202,12 +212,12 @@ class Registry:
             cur = con.execute(
                 "INSERT INTO versions (name, version, run_dir, base_model, adapter_sha256, base_sha256, tokenizer_sha256,"
                 " data_sha256, config_sha256, code_version, selected_step, scores, base_scores, budget_general_kl,"
-                " domain_pass, general_pass, reasons, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " domain_pass, general_pass, reasons, created_at, budget_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     name, nxt, rec.run_dir, rec.base_model, rec.adapter_sha256, rec.base_sha256, rec.tokenizer_sha256,
                     rec.data_sha256, rec.config_sha256, rec.code_version, rec.selected_step, json.dumps(rec.scores),
                     json.dumps(rec.base_scores), rec.budget_general_kl, int(rec.domain_pass), int(rec.general_pass),
-                    json.dumps(rec.reasons), _now(),
+                    json.dumps(rec.reasons), _now(), rec.budget_state,
                 ),
             )
             row = con.execute("SELECT * FROM versions WHERE id=?", (cur.lastrowid,)).fetchone()
@@ -264,20 +274,28 @@ class Registry:
                 stack.pop()
         return stack
 
-    def promote(self, ref: str, alias: str) -> Version:
-        """Point ``alias`` at a version, only if both suites passed and its adapter is unchanged on disk."""
+    def promote(self, ref: str, alias: str, *, allow_no_budget: bool = False) -> Version:
+        """Point ``alias`` at a version, only if both suites passed and its adapter is unchanged on disk.
+
+        A run trained with no forgetting budget has no general verdict to pass: it is promoted only
+        with ``allow_no_budget`` (its domain suite must still pass).
+        """
         validate_name(alias, "alias")
         v = self.get(ref)
-        if not v.passes:
-            failed = [s for s, ok in (("domain", v.domain_pass), ("general", v.general_pass)) if not ok]
+        unbudgeted = v.budget_state == "unset" and allow_no_budget
+        if not v.domain_pass or not (v.general_pass or unbudgeted):
+            failed = [s for s, ok in (("domain", v.domain_pass), ("general", v.general_pass or unbudgeted)) if not ok]
             why = "; ".join(v.reasons) or "suite verdict recorded as failed"
-            raise ForgetlessError(f"refusing to promote {v.ref} to '{alias}': {' and '.join(failed)} suite failed ({why})")
+            hint = " (pass --allow-no-budget to promote a run that set no budget)" if v.budget_state == "unset" else ""
+            raise ForgetlessError(f"refusing to promote {v.ref} to '{alias}': {' and '.join(failed)} suite failed ({why}){hint}")
         adapter = Path(v.run_dir) / artifacts.ADAPTER_DIR
         if not adapter.is_dir():
             raise ForgetlessError(f"refusing to promote {v.ref}: its adapter folder {adapter} is gone")
         if adapter_hash(adapter) != v.adapter_sha256:
             raise ForgetlessError(f"refusing to promote {v.ref}: {adapter} changed since it was registered (content hash differs)")
         with self._write() as con:
+            if con.execute("SELECT 1 FROM versions WHERE name=? LIMIT 1", (alias,)).fetchone():
+                raise InputError(f"invalid alias {alias!r}: a model of that name is registered in {self.path}; pick another alias")
             stack = self._stack(con, alias)
             if stack and stack[-1] == v.id:
                 return v  # already there: promoting again would only bury the rollback target
@@ -312,6 +330,20 @@ class Registry:
             raise ForgetlessError(f"alias '{alias}' is not set in registry {self.path}; promote a version first")
         return Path(rows[0]["run_dir"])
 
+    def resolve_pinned(self, alias: str) -> tuple[Path, str]:
+        """The run folder an alias points at now and the adapter content hash recorded at registration.
+
+        A server loading that folder checks the hash, so files changed after registration are
+        never served under the alias.
+        """
+        validate_name(alias, "alias")
+        rows = self._read(
+            "SELECT v.run_dir, v.adapter_sha256 FROM aliases a JOIN versions v ON v.id=a.version_id WHERE a.alias=?", (alias,)
+        )
+        if not rows:
+            raise ForgetlessError(f"alias '{alias}' is not set in registry {self.path}; promote a version first")
+        return Path(rows[0]["run_dir"]), rows[0]["adapter_sha256"]
+
     # --- comparison -----------------------------------------------------------------------------
 
     def diff(self, ref_a: str, ref_b: str) -> dict[str, Any]:
@@ -338,3 +370,8 @@ def resolve_alias(alias: str, db_path: Path | None = None) -> Path:
     without restarting. Raises :class:`ForgetlessError` when the alias is not set.
     """
     return Registry(db_path).resolve(alias)
+
+
+def resolve_alias_pinned(alias: str, db_path: Path | None = None) -> tuple[Path, str]:
+    """As :func:`resolve_alias`, plus the adapter content hash the registry recorded for that version."""
+    return Registry(db_path).resolve_pinned(alias)

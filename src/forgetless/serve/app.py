@@ -9,19 +9,22 @@ Models served (``GET /v1/models``), with stable names across hot swaps:
 Every response that ran the model carries ``x-forgetless-route`` (``adapter``, ``base`` or
 ``fallback``) and, when the router ran, ``x-forgetless-router-score``. Everything except
 ``/health`` needs ``Authorization: Bearer <key>``; every 4xx is OpenAI-style error JSON.
+
+One client cannot hurt another: a body over the limit is refused on the bytes read (chunked or
+not), a request that waited too long for the model gets 503 + ``Retry-After``, and a client that
+disconnects stops its own generation (streaming or not).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -30,9 +33,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .deployment import Deployment, EngineSettings
+from .deployment import Deployment, EngineSettings, Target
+from .guard import Guard
 from .engine import Event, GenParams, Job, QueueFull
-from .metrics import ServeMetrics
+from .metrics import CLIENT_CLOSED, ServeMetrics
 from ..promptformat import PLAIN, PLAIN_STOP_STRINGS, prompt_format
 from .prompts import EncodedPrompt, encode_chat, encode_text
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, error_response, new_id, now, usage
@@ -50,6 +54,9 @@ class ServeSettings:
     max_tokens_limit: int = 512  # the most a request may ask for
     default_max_tokens: int = 256  # chat requests that do not say
     max_body_bytes: int = 1_000_000
+    # A request still waiting for the model after this long gets 503 + Retry-After instead of
+    # waiting behind a long batch for ever.
+    max_queue_wait_s: float = 30.0
     engine: EngineSettings = field(default_factory=EngineSettings)
 
     def model_ids(self) -> dict[str, str]:
@@ -58,7 +65,7 @@ class ServeSettings:
         return {f"{p}-auto": "auto", f"{p}-adapter": "adapter", f"{p}-base": "base"}
 
 
-def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, deployment: Deployment | None = None) -> FastAPI:
+def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *, deployment: Deployment | None = None) -> FastAPI:
     """Build the app. ``resolve_target()`` returns the folder to serve; it is called again every
     ``settings.engine.reload_interval_s`` and the model hot-swapped when the answer (or its files) change.
     """
@@ -109,18 +116,7 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
         return error_response(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Callable) -> Response:
-        if request.url.path != "/health":
-            auth = request.headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-                metrics.requests.labels(request.url.path, "none", "401").inc()
-                return error_response(401, "missing or invalid API key (Authorization: Bearer <key>)", code="invalid_api_key")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return error_response(413, f"request body over {settings.max_body_bytes} bytes", code="request_too_large")
-        return await call_next(request)
+    app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes, metrics=metrics)
 
     # --- endpoints --------------------------------------------------------------------------------
     @app.get("/health")
@@ -175,7 +171,7 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
                            param=param, code="context_length_exceeded")  # fmt: skip
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest) -> Response:
+    async def chat(req: ChatCompletionRequest, request: Request) -> Response:
         req.check_unsupported()
         want = _want(req.model)
         params = _params(req, req.requested_max_tokens(), settings.default_max_tokens)
@@ -189,10 +185,10 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
         if prompt_format(dep.engine.tok) == PLAIN:
             # A base model's chat reply ends where the plain frame's next turn would start.
             params.stop = [*params.stop, *PLAIN_STOP_STRINGS]
-        return await _run("/v1/chat/completions", req, want, prompt, params, chat=True)
+        return await _run(request, "/v1/chat/completions", req, want, prompt, params, chat=True)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> Response:
+    async def completions(req: CompletionRequest, request: Request) -> Response:
         req.check_unsupported()
         want = _want(req.model)
         params = _params(req, req.max_tokens, req.max_tokens)
@@ -201,9 +197,16 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
         dep: Deployment = state["dep"]
         prompt = encode_text(dep.engine.tok, text)
         _check_prompt(prompt, "prompt")
-        return await _run("/v1/completions", req, want, prompt, params, chat=False)
+        return await _run(request, "/v1/completions", req, want, prompt, params, chat=False)
 
-    async def _run(endpoint: str, req: Any, want: str, prompt: EncodedPrompt, params: GenParams, *, chat: bool) -> Response:
+    retry_after = {"Retry-After": str(max(1, math.ceil(settings.max_queue_wait_s)))}
+
+    def count(request: Request, endpoint: str, route: str, status: str) -> None:
+        metrics.requests.labels(endpoint, route, status).inc()
+        request.scope.setdefault("forgetless", {})["counted"] = True  # the guard must not count it again
+
+    async def _run(request: Request, endpoint: str, req: Any, want: str, prompt: EncodedPrompt, params: GenParams, *,
+                   chat: bool) -> Response:  # fmt: skip
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         job = Job(prompt=prompt, want=want, params=params, deliver=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
@@ -211,11 +214,25 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
         try:
             state["dep"].engine.submit(job)
         except QueueFull:
-            metrics.requests.labels(endpoint, "none", "429").inc()
-            raise APIError(429, "server is at capacity, retry shortly", code="overloaded") from None
-        first = await events.get()
+            count(request, endpoint, "none", "429")
+            return APIError(429, "server is at capacity, retry shortly", code="overloaded").response(headers=retry_after)
+        # The body is read by now: the next ASGI message is the client's disconnect, if it comes.
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            first = await _next(events, gone, timeout=settings.max_queue_wait_s)
+        except TimeoutError:
+            job.cancel()
+            gone.cancel()
+            count(request, endpoint, "none", "503")
+            return APIError(503, f"the model is busy: this request waited {settings.max_queue_wait_s:g} s; retry later",
+                            code="queue_timeout").response(headers=retry_after)  # fmt: skip
+        if first is None:
+            job.cancel()  # the client went away while waiting: its row never runs, or stops at the next step
+            count(request, endpoint, "none", CLIENT_CLOSED)
+            return error_response(int(CLIENT_CLOSED), "client closed the request")
         if first.kind == "error":
-            return _finish_error(endpoint, first)
+            gone.cancel()
+            return _finish_error(request, endpoint, first)
         headers = {"x-forgetless-route": first.route}
         if first.score is not None:
             headers["x-forgetless-router-score"] = f"{first.score:.4f}"
@@ -223,7 +240,7 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
 
         def record(ev: Event) -> None:
             route = ev.route or first.route
-            metrics.requests.labels(endpoint, route, "200").inc()
+            count(request, endpoint, route, "200")
             metrics.latency.labels(route).observe(time.perf_counter() - t0)
             metrics.tokens.labels(route, "prompt").inc(ev.prompt_tokens)
             metrics.tokens.labels(route, "completion").inc(ev.completion_tokens)
@@ -232,14 +249,21 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
 
         if not req.stream:
             parts: list[str] = []
-            while True:
-                ev = await events.get()
-                if ev.kind == "delta":
-                    parts.append(ev.text)
-                elif ev.kind == "error":
-                    return _finish_error(endpoint, ev)
-                elif ev.kind == "done":
-                    break
+            try:
+                while True:
+                    ev = await _next(events, gone)
+                    if ev is None:
+                        job.cancel()  # nobody reads the answer: stop generating it at the next step
+                        count(request, endpoint, first.route, CLIENT_CLOSED)
+                        return error_response(int(CLIENT_CLOSED), "client closed the request")
+                    if ev.kind == "delta":
+                        parts.append(ev.text)
+                    elif ev.kind == "error":
+                        return _finish_error(request, endpoint, ev)
+                    elif ev.kind == "done":
+                        break
+            finally:
+                gone.cancel()
             record(ev)
             text = "".join(parts)
             headers["x-forgetless-route"] = ev.route  # a mid-generation fallback is known by now
@@ -265,6 +289,9 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
             body = {"id": rid, "object": obj, "created": created, "model": req.model, "choices": [choice]}
             return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+        gone.cancel()  # StreamingResponse watches for the disconnect itself from here on
+        outcome = {"ended": False}
+
         async def stream() -> AsyncIterator[str]:
             try:
                 if chat:
@@ -274,6 +301,7 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
                     if ev.kind == "delta":
                         yield chunk(ev.text, None)
                     elif ev.kind == "done":
+                        outcome["ended"] = True
                         record(ev)
                         yield chunk(None, ev.finish_reason)
                         if req.include_usage():
@@ -283,17 +311,39 @@ def create_app(resolve_target: Callable[[], Path], settings: ServeSettings, *, d
                         yield "data: [DONE]\n\n"
                         return
                     elif ev.kind == "error":
-                        metrics.requests.labels(endpoint, ev.route or "none", "500").inc()
+                        outcome["ended"] = True
+                        count(request, endpoint, ev.route or "none", "500")
                         err = {"error": {"message": ev.error, "type": "server_error", "param": None, "code": None}}
                         yield f"data: {json.dumps(err)}\n\n"
                         return
             finally:
                 job.cancel()  # a client that disconnects stops its generation at the next step
+                if not outcome["ended"]:
+                    count(request, endpoint, first.route, CLIENT_CLOSED)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
-    def _finish_error(endpoint: str, ev: Event) -> JSONResponse:
-        metrics.requests.labels(endpoint, ev.route or "none", "500").inc()
+    def _finish_error(request: Request, endpoint: str, ev: Event) -> JSONResponse:
+        count(request, endpoint, ev.route or "none", "500")
         return error_response(500, ev.error or "generation failed", type_="server_error")
 
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects (for a request whose body has been read already)."""
+    while True:
+        if (await request.receive())["type"] == "http.disconnect":
+            return
+
+
+async def _next(events: asyncio.Queue[Event], gone: asyncio.Future, timeout: float | None = None) -> Event | None:
+    """The engine's next event; None if the client went away first. Raises TimeoutError after ``timeout``."""
+    get = asyncio.ensure_future(events.get())
+    done, _ = await asyncio.wait({get, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if get in done:
+        return get.result()
+    get.cancel()
+    if gone in done:
+        return None
+    raise TimeoutError

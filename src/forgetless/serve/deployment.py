@@ -1,7 +1,8 @@
 """What is being served, and hot-swapping it when the target changes.
 
 The server is given a callable that returns the folder to serve (a run folder, or whatever a
-registry alias points to now). :class:`Deployment` re-resolves it at most every
+registry alias points to now, with the adapter hash the registry recorded: a folder whose adapter
+no longer matches it is refused, and the last good one keeps serving). :class:`Deployment` re-resolves it at most every
 ``reload_interval_s`` and, when the folder or its files changed:
 
 * same base model: the new adapter is loaded into the running model under a fresh name and the
@@ -21,22 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from pydantic import ValidationError
-
-from .. import artifacts
-from ..errors import ForgetlessError, InputError
-from ..io import read_text_file
+from ..errors import ForgetlessError
 from ..models import load_model, load_tokenizer
-from ..train.config import ModelConfig
+from ..runfolder import RunFolder, read_run_folder
 from .engine import Engine
 from .metrics import ServeMetrics
 from .router import Router, load_router
 
 log = logging.getLogger("forgetless.serve")
 
-_FILES = (artifacts.RESOLVED_CONFIG, f"{artifacts.ADAPTER_DIR}/adapter_config.json",
-          f"{artifacts.ADAPTER_DIR}/adapter_model.safetensors", artifacts.ROUTER, artifacts.ROUTER_INFO)  # fmt: skip
 _names = itertools.count(1)
 
 
@@ -53,68 +47,66 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The parts of a run folder the server needs."""
+    """The run folder being served, and the stamp of its served files when it was read."""
 
-    run_dir: Path
-    model: ModelConfig
-    adapter_dir: Path
+    run: RunFolder
     stamp: tuple  # (path, [(file, size, mtime_ns)]): changes whenever anything served changes
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder."""
+        return self.run.path
+
+    @property
+    def adapter_dir(self) -> Path:
+        """The run's final adapter."""
+        return self.run.adapter_dir
 
     @property
     def base_key(self) -> tuple:
         """Two runs with the same base key share base weights."""
-        return (self.model.name, self.model.dtype, self.model.revision)
+        m = self.run.config.model
+        return (m.name, m.dtype, m.revision)
 
 
-def read_run(run_dir: Path) -> RunSpec:
-    """Check a run folder and read its base model settings (``model`` section of the resolved config)."""
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise ForgetlessError(f"run folder {run_dir} does not exist")
-    cfg_path = run_dir / artifacts.RESOLVED_CONFIG
-    if not cfg_path.exists():
-        raise ForgetlessError(f"{run_dir} is not a run folder: {artifacts.RESOLVED_CONFIG} is missing")
-    try:
-        cfg = yaml.safe_load(read_text_file(cfg_path)) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise InputError(f"not valid YAML: {getattr(e, 'problem', e)}", file=cfg_path, line=mark.line + 1 if mark else None) from None
-    if not isinstance(cfg, dict):
-        raise InputError("expected a mapping", file=cfg_path)
-    try:
-        model = ModelConfig.model_validate(cfg.get("model") or {})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise InputError(err["msg"], file=cfg_path, field="model." + ".".join(str(p) for p in err["loc"])) from None
-    adapter = run_dir / artifacts.ADAPTER_DIR
-    if not (adapter / "adapter_config.json").exists():
-        raise ForgetlessError(f"{run_dir} has no adapter ({adapter}/adapter_config.json is missing): nothing to serve")
-    stamp = []
-    for name in _FILES:
-        p = run_dir / name
-        if p.exists():
-            st = p.stat()
-            stamp.append((name, st.st_size, st.st_mtime_ns))
-    return RunSpec(run_dir=run_dir, model=model, adapter_dir=adapter, stamp=(str(run_dir), tuple(stamp)))
+Target = Path | tuple[Path, str]  # a run folder, or (run folder, adapter content hash it must have)
+
+
+def read_target(target: Target) -> RunSpec:
+    """:func:`read_spec` on what a resolver returned; a pinned hash (a registry alias) is checked."""
+    if isinstance(target, tuple):
+        return read_spec(target[0], adapter_sha256=target[1])
+    return read_spec(target)
+
+
+def read_spec(run_dir: Path, *, adapter_sha256: str | None = None) -> RunSpec:
+    """Open a run folder to serve: its resolved config (through the one run-folder reader) and adapter.
+
+    ``adapter_sha256``: the content hash the registry recorded for this adapter; files that no
+    longer match it are refused, never served.
+    """
+    run = read_run_folder(run_dir)
+    adapter = run.require_adapter()
+    if adapter_sha256 is not None:
+        from ..registry.lineage import adapter_hash  # the registry's own definition of the hash
+
+        if adapter_hash(adapter) != adapter_sha256:
+            raise ForgetlessError(f"refusing to serve {adapter}: it changed since it was registered (content hash differs)")
+    return RunSpec(run, (*run.stamp(), adapter_sha256))
 
 
 def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings) -> Engine:
     """Load base + adapter + router of a run and start an engine on them."""
     from peft import PeftModel
 
-    if spec.model.trust_remote_code and not settings.trust_remote_code:
-        raise ForgetlessError(
-            f"{spec.run_dir} was trained with model.trust_remote_code=true; serving it runs the model's own "
-            "code: pass --trust-remote-code if you trust it"
-        )
-    trust = spec.model.trust_remote_code and settings.trust_remote_code
-    tok = load_tokenizer(spec.model.name, trust_remote_code=trust, revision=spec.model.revision)
-    base = load_model(spec.model.name, dtype=spec.model.dtype, trust_remote_code=trust, revision=spec.model.revision)
+    m = spec.run.model(allow_remote_code=settings.trust_remote_code)
+    tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    base = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
     name = f"run{next(_names)}"
     model = PeftModel.from_pretrained(base, str(spec.adapter_dir), adapter_name=name, is_trainable=False)
     model.eval()
     router = load_router(spec.run_dir)
-    log.info("serving %s (base %s, adapter %s, router %s)", spec.run_dir, spec.model.name, name, router.method if router else "none")
+    log.info("serving %s (base %s, adapter %s, router %s)", spec.run_dir, m.name, name, router.method if router else "none")
     return Engine(model, tok, adapter_name=name, router=router, metrics=metrics, max_batch=settings.max_batch,
                   batch_window_s=settings.batch_window_s, max_queue=settings.max_queue).start()  # fmt: skip
 
@@ -133,9 +125,9 @@ def _swap_adapter(engine: Engine, spec: RunSpec, router: Router | None) -> None:
 class Deployment:
     """The engine serving the current target, re-resolved and hot-swapped as the target changes."""
 
-    def __init__(self, resolve_target: Callable[[], Path], metrics: ServeMetrics, settings: EngineSettings) -> None:
+    def __init__(self, resolve_target: Callable[[], Target], metrics: ServeMetrics, settings: EngineSettings) -> None:
         self.resolve_target, self.metrics, self.settings = resolve_target, metrics, settings
-        self.spec = read_run(resolve_target())
+        self.spec = read_target(resolve_target())
         self.engine = build_engine(self.spec, metrics, settings)
         self.loaded_at = time.time()
         self._checked = time.monotonic()
@@ -154,7 +146,7 @@ class Deployment:
         try:
             self._checked = time.monotonic()
             try:
-                spec = read_run(self.resolve_target())
+                spec = read_target(self.resolve_target())
             except Exception as e:  # noqa: BLE001 - keep serving the last good target
                 log.error("target did not resolve, keeping %s: %s", self.spec.run_dir, e)
                 return False

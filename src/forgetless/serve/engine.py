@@ -11,7 +11,8 @@ adapter-failure fallback), and finished rows leave the batch early (``batch_sele
 
 Fallback: when an adapter row produces NaN/inf logits, or the batched forward raises, the
 affected requests continue on the base model from the tokens they already have, are counted in
-``forgetless_fallbacks_total`` and report the route ``fallback``.
+``forgetless_fallbacks_total`` and report the route ``fallback``. A failure that belongs to one
+row (its sampling settings, its stream) fails that request alone; the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -261,8 +262,18 @@ class Engine:
                 if job.cancelled:
                     job.finished = True
                     continue
-                tok_id = self._sample(logits[r], job)
-                if self._push(job, tok_id):
+                try:
+                    tok_id = self._sample(logits[r], job)
+                    goes_on = self._push(job, tok_id)
+                except Exception as e:  # noqa: BLE001 - one row's bad settings fail that request only, not its batch
+                    log.exception("request failed while sampling or streaming its token")
+                    if not job.finished:
+                        try:
+                            self._fail(job, f"generation failed: {type(e).__name__}")
+                        except Exception:  # noqa: BLE001 - its stream is what broke: nothing left to tell it
+                            job.finished = True
+                    continue
+                if goes_on:
                     keep.append(r)
                     next_tokens.append(tok_id)
             if not keep:
@@ -282,7 +293,10 @@ class Engine:
         p = job.params
         if p.temperature <= 0:
             return int(logits.argmax())
-        probs = torch.softmax(logits / p.temperature, dim=-1)
+        # Shift by the max first and divide in float64: a tiny temperature then gives -inf (probability
+        # 0) for every other token, never inf - inf or 0 / 0 = NaN (1e-300 is 0 in float32).
+        shifted = logits.double() - logits.max().double()
+        probs = torch.softmax(shifted / p.temperature, dim=-1).float()
         if p.top_p < 1.0:
             sp, si = probs.sort(descending=True)
             # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).

@@ -17,6 +17,23 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 12
 _MARGIN_BUCKETS = (-4, -3, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 4, 6, 8)
 
 
+# The only values the ``endpoint`` label takes: a request to any other path counts as "other", so
+# clients cannot create new series (unbounded label cardinality) by inventing paths.
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{model}", "/metrics", "/health")
+OTHER = "other"
+# Status recorded for a request whose client went away before the answer was complete (nginx's code).
+CLIENT_CLOSED = "499"
+
+
+def endpoint_label(path: str) -> str:
+    """The ``endpoint`` label of a request path: one of :data:`ENDPOINTS`, else :data:`OTHER`."""
+    if path in ENDPOINTS:
+        return path
+    if path.startswith("/v1/models/") and path.count("/") == 3:
+        return "/v1/models/{model}"
+    return OTHER
+
+
 class ServeMetrics:
     """All metrics of one server, in their own registry."""
 
@@ -24,7 +41,7 @@ class ServeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "forgetless_requests", "Requests answered, by endpoint, route and HTTP status.", ["endpoint", "route", "status"], registry=r
+            "forgetless_requests", "Requests answered, by endpoint, route and HTTP status (499: the client went away first).", ["endpoint", "route", "status"], registry=r
         )
         self.latency = Histogram(
             "forgetless_request_latency_seconds", "Total latency of completed requests.", ["route"], buckets=_LATENCY_BUCKETS, registry=r

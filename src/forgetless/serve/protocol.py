@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 UNSUPPORTED = ("logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call", "response_format",
                "logit_bias", "best_of", "suffix")  # fmt: skip
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
+          405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+          503: "server_error"}  # fmt: skip
 
 
 class APIError(Exception):
@@ -55,7 +56,8 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    # torch.Generator.manual_seed takes exactly this range; anything else must be a 400, not a 500.
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
 
     def stop_list(self) -> list[str]:
         """``stop`` as a list of non-empty strings."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from sklearn.model_selection import KFold
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import artifacts
+from ..adapter import adapter_off, is_peft
 from ..errors import ForgetlessError, InputError
 from ..io import atomic_write_bytes, atomic_write_json, read_text_file
 from ..lmhead import lm_split
@@ -65,15 +65,6 @@ def default_layer(model: PreTrainedModel) -> int:
     if n == 0:
         return DEFAULT_LAYER
     return max(1, round(n * DEFAULT_LAYER_FRACTION))
-
-
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-def base_context(model: Any):
-    """Context in which ``model`` runs as its base: the adapter disabled for a PeftModel (no copy)."""
-    return model.disable_adapter() if _is_peft(model) else nullcontext()
 
 
 def _batches(prompts: Sequence[EncodedPrompt], batch_size: int):
@@ -147,7 +138,7 @@ def pooled_hidden_states(
 ) -> np.ndarray:
     """Mean over each prompt's user positions of hidden state ``layer``, shape ``[n, hidden]`` (float64).
 
-    Runs on whatever ``model`` is: wrap it in :func:`base_context` for the base model.
+    Runs on whatever ``model`` is: wrap it in :func:`~forgetless.adapter.adapter_off` for the base model.
     """
     dev = next(model.parameters()).device
     out: np.ndarray | None = None
@@ -219,14 +210,14 @@ class Router:
     def score(self, model: PreTrainedModel, prompts: Sequence[EncodedPrompt], *, pad_id: int = 0, batch_size: int = 32) -> np.ndarray:
         """Out-of-domain score of each prompt (higher = further from the domain).
 
-        The base runs with the adapter disabled (:func:`base_context`), which flips a flag and
+        The base runs with the adapter disabled (:func:`~forgetless.adapter.adapter_off`), which flips a flag and
         copies nothing; the caller must own the model meanwhile (the server's engine thread does).
         """
         if self.method == "mahalanobis":
-            with base_context(model):
+            with adapter_off(model):
                 feats = pooled_hidden_states(model, prompts, layer=self.layer, pad_id=pad_id, batch_size=batch_size)
             return self.mahalanobis(feats)
-        with base_context(model):
+        with adapter_off(model):
             lp_base = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
         lp_ad = user_token_logprob(model, prompts, pad_id=pad_id, batch_size=batch_size)
         return -(lp_ad - lp_base)
@@ -343,11 +334,11 @@ def calibrate_router(
         raise ForgetlessError(
             f"router calibration needs at least 4 domain and 2 general texts, got {len(domain_texts)} and {len(general_texts)}"
         )
-    if method == "likelihood_ratio" and not _is_peft(model):
+    if method == "likelihood_ratio" and not is_peft(model):
         raise ForgetlessError("the likelihood_ratio router compares adapter and base: pass the PeftModel")
     t0 = time.perf_counter()
     if layer is None:
-        layer = default_layer(model.get_base_model() if _is_peft(model) else model)
+        layer = default_layer(model.get_base_model() if is_peft(model) else model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     dom = encode_user_texts(tok, domain_texts)
     gen = encode_user_texts(tok, general_texts)
@@ -356,7 +347,7 @@ def calibrate_router(
     try:
         router = Router(method=method, threshold=0.0, layer=layer)
         if method == "mahalanobis":
-            with base_context(model):
+            with adapter_off(model):
                 f_dom = pooled_hidden_states(model, dom, layer=layer, batch_size=batch_size, pad_id=pad)
                 f_gen = pooled_hidden_states(model, gen, layer=layer, batch_size=batch_size, pad_id=pad)
             router.mean, router.covariance, router.precision, used = fit_gaussian(f_dom, shrinkage)

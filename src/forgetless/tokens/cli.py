@@ -13,14 +13,13 @@ from rich.table import Table
 from ..artifacts import TOKENS_DIR, TOKENS_FERTILITY_JSON, TOKENS_FERTILITY_MD, TOKENS_INFO
 from ..errors import ForgetlessError
 from ..io import atomic_write_json, atomic_write_text
+from ..model_config import DEFAULT_MODEL
 
 tokens_app = typer.Typer(
     help="Domain vocabulary: tokenizer fertility on your data, and adding terms without changing general behaviour.",
     no_args_is_help=True,
 )
 console = Console(stderr=True)
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ full fine-tuning baseline."""
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
 from ..errors import ForgetlessError
@@ -54,8 +54,3 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
-
-
-def is_peft(model: torch.nn.Module) -> bool:
-    """True if ``model`` is a PEFT wrapper (so the base is reachable by disabling the adapter)."""
-    return isinstance(model, PeftModel)

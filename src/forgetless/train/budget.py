@@ -1,10 +1,10 @@
-"""The forgetting budget: is a checkpoint's general ability still within what the user will trade?
+"""The forgetting budget during training: the verdict on every evaluation, the early stop, and the
+choice of the result (checkpoint and adapter scale).
 
-Two kinds of limit: general drift (mean KL to the base, a direct measurement with no sampling
-noise worth the name at ~5k tokens) and general accuracy drops. An accuracy drop counts only when
-the paired bootstrap interval of (tuned - base) lies entirely below zero *and* the point drop is
-larger than the allowance: a suite of 40 items moves 2.5 points when one answer flips, and the
-budget must not fire on noise.
+Every verdict here comes from :func:`forgetless.budget.judge`; this module only applies it. A
+checkpoint outside the budget is never selected. If none is inside, the base model is the honest
+answer, and the run says so. With no budget set, the best domain score wins and the verdict states
+the drift it reached, never "inside the budget".
 """
 
 from __future__ import annotations
@@ -14,35 +14,27 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..evaluate.config import BudgetConfig
-from ..evaluate.stats import Score, compare
-
-# General accuracy suites the budget watches (keys of general_suite_scores).
-ACCURACY_SUITES = ("knowledge_mc", "math", "code")
+from ..budget import BudgetConfig, domain_score, judge, primary_metric
+from ..evaluate.runner import Evaluation
+from ..evaluate.stats import Score
 
 
 @dataclass
 class BudgetJudge:
-    """Checks evaluations against the budget, relative to the base (step-0) scores."""
+    """Judges each evaluation of a run against its budget, relative to the base's general scores."""
 
     budget: BudgetConfig
     base_scores: dict[str, Score] = field(default_factory=dict)
 
-    def violations(self, metrics: dict[str, Any], scores: dict[str, Score]) -> list[str]:
-        """Reasons this evaluation is outside the budget (empty list: inside)."""
-        out = []
-        b = self.budget
-        kl = metrics.get("general/kl")
-        if b.general_kl is not None and kl is not None and kl > b.general_kl:
-            out.append(f"general KL {kl:.4f} > {b.general_kl}")
-        if b.general_accuracy_drop is not None:
-            for suite in ACCURACY_SUITES:
-                if suite in scores and suite in self.base_scores:
-                    c = compare(self.base_scores[suite], scores[suite])
-                    drop_pp = -100.0 * c.delta
-                    if c.verdict == "dropped" and drop_pp > b.general_accuracy_drop:
-                        out.append(f"{suite} dropped {drop_pp:.1f} pp (95% CI of change [{100 * c.ci_low:.1f}, {100 * c.ci_high:.1f}]) > {b.general_accuracy_drop} pp")
-        return out
+    def judged(self, ev: Evaluation) -> dict[str, Any]:
+        """The evaluation's metrics line with the verdict added (``budget/state``, ``budget/outside``,
+        ``budget/violations``)."""
+        verdict = judge(self.budget, ev.metrics, scores=ev.scores, base_scores=self.base_scores)
+        return {**ev.metrics, **verdict.as_metrics()}
+
+
+def _outside(h: dict[str, Any]) -> bool:
+    return bool(h.get("budget/outside", 0.0))
 
 
 class BudgetStopCallback(TrainerCallback):
@@ -63,14 +55,66 @@ class BudgetStopCallback(TrainerCallback):
         """
         run = 0
         for h in sorted(history, key=lambda h: h["step"]):
-            if h["step"] > 0 and "budget/inside" in h:
-                run = 0 if bool(h["budget/inside"]) else run + 1
+            if h["step"] > 0:
+                run = run + 1 if _outside(h) else 0
         self.outside_in_a_row = run
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics: dict[str, Any] | None = None, **kw: Any) -> TrainerControl:
-        inside = bool(metrics.get("budget/inside", 1.0)) if metrics else True
-        self.outside_in_a_row = 0 if inside else self.outside_in_a_row + 1
+        self.outside_in_a_row = self.outside_in_a_row + 1 if metrics and _outside(metrics) else 0
         if self.outside_in_a_row >= self.patience:
             control.should_training_stop = True
             self.stopped_at = state.global_step
         return control
+
+
+@dataclass
+class Selection:
+    """The chosen evaluation (step None: keep the base), at which adapter scale, and why."""
+
+    step: int | None
+    metric: str
+    score: float | None
+    verdict: str
+    scale: float = 1.0
+    metrics: dict[str, Any] | None = None  # the chosen evaluation's full metrics line
+
+    def as_summary(self) -> dict[str, Any] | None:
+        """What summary.json records as ``selected`` (None when the base is kept)."""
+        if self.step is None:
+            return None
+        return {"step": self.step, "scale": self.scale, "metric": self.metric, "score": self.score, "metrics": self.metrics}
+
+
+def select(history: list[dict[str, Any]], budget: BudgetConfig, scale_curve: list[dict[str, Any]] | None = None) -> Selection:
+    """The best primary domain score among trained checkpoints (step > 0) and scaled points that the
+    budget allows.
+
+    Checkpoints tie-break towards the earlier step. A point of the adapter-scale sweep wins only
+    when it scores strictly higher than the best checkpoint, ties between scales going to the one
+    with the lower drift.
+    """
+    metric = primary_metric(history)
+    trained = [h for h in history if h["step"] > 0]
+    if not trained:
+        return Selection(None, metric, None, "no checkpoint was trained")
+    allowed = lambda h: judge(budget, h).allowed  # noqa: E731
+    inside = [h for h in trained if allowed(h)]
+    scaled = [c for c in scale_curve or [] if c.get("scale", 1.0) != 1.0 and allowed(c)]
+    if not inside and not scaled:
+        return Selection(None, metric, None, "no checkpoint stays inside the forgetting budget: the base model is kept")
+    best = max(inside, key=lambda h: (domain_score(h, metric), -h["step"])) if inside else None
+    best_scaled = max(scaled, key=lambda c: (domain_score(c, metric), -c.get("general/kl", 0.0))) if scaled else None
+    if best_scaled is not None and (best is None or domain_score(best_scaled, metric) > domain_score(best, metric)):
+        best, scale = best_scaled, float(best_scaled["scale"])
+    else:
+        scale = 1.0
+    assert best is not None
+    score = domain_score(best, metric)
+    base = history[0] if history and history[0]["step"] == 0 else None
+    gain = f"{metric} {domain_score(base, metric):.3f} -> {score:.3f}" if base else f"{metric} {score:.3f}"
+    where = f"step {best['step']}" + (f" at adapter scale {scale}" if scale != 1.0 else "")
+    if budget.is_set:
+        verdict = f"{where} is the best checkpoint inside the budget ({gain})"
+    else:
+        verdict = f"{where} has the best domain score ({gain}); {judge(budget, best).describe()}"
+    return Selection(best["step"], metric, score, verdict, scale, dict(best))

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import set_peft_model_state_dict
 from peft.helpers import rescale_adapter_scale
 from safetensors.torch import load_file, save_file
 
+from .. import artifacts as A
+from ..adapter import is_peft
+from ..budget import domain_score, primary_metric
 from ..io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..config import RunConfig
+    from ..evaluate.runner import Evaluator
+    from .budget import BudgetJudge
 
 
 def load_adapter_weights(model: torch.nn.Module, checkpoint: Path) -> None:
@@ -50,3 +60,23 @@ def bake_scale(adapter_dir: Path, scale: float) -> None:
     save_file(scaled, str(tmp), metadata={"format": "pt", "forgetless_adapter_scale": str(scale)})
     atomic_write_bytes(path, tmp.read_bytes())
     tmp.unlink()
+
+
+def calibrate_scale(
+    cfg: RunConfig, model: torch.nn.Module, evaluator: Evaluator, judge: BudgetJudge, history: list[dict[str, Any]], console: Console
+) -> list[dict[str, Any]]:
+    """Sweep adapter scales on the checkpoint with the best domain score (LoRA only), each point judged by the budget."""
+    trained = [h for h in history if h["step"] > 0]
+    if not cfg.train.scale_sweep or not trained or not is_peft(model) or cfg.lora.use_dora:
+        return []  # DoRA's magnitude vector makes output scaling non-linear in the weights: no sweep
+    metric = primary_metric(history)
+    best = max(trained, key=lambda h: domain_score(h, metric))
+    load_adapter_weights(model, cfg.run_dir / A.CHECKPOINTS_DIR / f"checkpoint-{best['step']}")
+    console.print(f"  adapter scale: sweeping {cfg.train.scale_sweep} on step {best['step']}")
+
+    def evaluate(scale: float) -> dict[str, Any]:
+        with console.status(f"evaluating scale {scale}"):
+            return judge.judged(evaluator.evaluate(model, step=best["step"]))
+
+    curve = sweep_scales(model, [s for s in cfg.train.scale_sweep if s != 1.0], evaluate)
+    return curve + [{**best, "scale": 1.0}]

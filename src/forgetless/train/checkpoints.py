@@ -10,9 +10,15 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..artifacts import CHECKPOINT_COMPLETE
 from ..io import atomic_write_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .callbacks import MetricsRecorder
 
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
@@ -54,3 +60,30 @@ def last_complete(folder: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     done = complete_checkpoints(folder)
     return done[-1] if done else None
+
+
+def find_resume_point(ckpt_dir: Path, recorder: MetricsRecorder, console: Console) -> str | None:
+    """The newest complete checkpoint (half-written ones are deleted); metrics after it are dropped."""
+    for p in remove_incomplete(ckpt_dir):
+        console.print(f"  removed incomplete {p.name}")
+    last = last_complete(ckpt_dir)
+    recorder.truncate_after(checkpoint_step(last) or 0 if last else 0)
+    if last is None:
+        return None
+    console.print(f"  resuming from {last.name}")
+    return str(last)
+
+
+def copy_checkpoint(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:
+    """Copy a checkpoint's weights into ``dest``, atomically."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    wanted = ("config.json", "generation_config.json", "model.safetensors") if full else ("adapter_config.json", "adapter_model.safetensors")
+    for name in wanted:
+        if (checkpoint / name).exists():
+            shutil.copy2(checkpoint / name, tmp / name)
+    if full:
+        tok.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)

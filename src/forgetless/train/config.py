@@ -1,4 +1,4 @@
-"""Config sections for the model, the data and training.
+"""Config sections for the training data and for training itself.
 
 Defaults lean towards not forgetting: a low-rank adapter on a frozen base, weight decay, dropout,
 clipping and a short warmup. Each trade-off is explained next to its field.
@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
 
 # All linear layers of a Llama/Mistral/Qwen-style block. Attention-only LoRA learns new facts
 # poorly; the MLP holds most factual memory, so the default adapts both.
@@ -25,22 +23,6 @@ TARGET_PRESETS = {
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ModelConfig(_Section):
-    """Which base model to fine-tune."""
-
-    name: str = Field(
-        DEFAULT_MODEL,
-        description="'smollm2-135m-instruct' (embedded, offline) or any Hugging Face model id or local folder.",
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype. float32 keeps fp32 master weights (train.precision adds bf16 autocast); bfloat16 halves memory on GPU."
-    )
-    trust_remote_code: bool = Field(
-        False, description="Run model code shipped with a hub repo. Off: it executes arbitrary Python."
-    )
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for a model id.")
 
 
 class DataConfig(_Section):

@@ -15,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
-from .adapters import is_peft
+from ..adapter import adapter_off, is_peft
+from ..errors import ForgetlessError
+from .config import TrainConfig
+from .dataset import PackedCollator, PackedDataset
 
 
 def lora_layers(model: torch.nn.Module) -> list[tuple[str, LoraLayer]]:
@@ -125,7 +129,7 @@ class Regularizers:
         ids, pos, labels = inputs["input_ids"][rows], inputs["position_ids"][rows], inputs["labels"][rows]
         with torch.no_grad():
             if self.peft:
-                with model.disable_adapter():
+                with adapter_off(model):
                     base = (forward or model)(input_ids=ids, position_ids=pos, use_cache=False).logits
             else:
                 base = self.base_copy(input_ids=ids, position_ids=pos, use_cache=False).logits  # type: ignore[misc]
@@ -149,7 +153,8 @@ class Regularizers:
         split = lm_split(base_model)  # type: ignore[arg-type]
         assert split is not None
         base_decoder, base_project = split
-        ctx = model.disable_adapter if self.peft else contextlib.nullcontext
+        # A full fine-tune's base is the separate copy, so there is nothing to switch off then.
+        ctx = (lambda: adapter_off(model)) if self.peft else contextlib.nullcontext
         with torch.no_grad(), ctx():
             base_hidden = base_decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
         # Hidden state at t predicts token t+1: compare where the next token is a labelled one.
@@ -201,8 +206,7 @@ def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
     model.eval()
     n = 0
     try:
-        ctx = model.disable_adapter() if peft else _nullcontext()
-        with ctx:
+        with adapter_off(model):
             for batch in batches:
                 if n >= max_batches:
                     break
@@ -224,9 +228,20 @@ def estimate_fisher(model: torch.nn.Module, batches: Iterable[dict[str, torch.Te
     return {k: v / n / (mean / n).clamp_min(1e-30) for k, v in fisher.items()}
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
+def build_regularizers(t: TrainConfig, model: torch.nn.Module, dataset: PackedDataset, tok: Any) -> Regularizers:
+    """The configured regularizers; EWC's Fisher is estimated here on the replay rows."""
+    replay_rows = [r for r in dataset.rows if r.replay]
+    if (t.kl_to_base or t.ewc) and not replay_rows:
+        if t.replay_ratio <= 0:
+            raise ForgetlessError("train.kl_to_base and train.ewc need replay data: set train.replay_ratio > 0 (and optionally data.replay)")
+        raise ForgetlessError("the replay data has no usable rows (every answer is empty): check data.replay or the model's replay answers")
+    fisher = None
+    if t.ewc:
+        collate = PackedCollator(pad_id=tok.pad_token_id or 0)
+        dev = next(model.parameters()).device
+        batches = (
+            {k: v.to(dev) for k, v in collate([PackedDataset(replay_rows)[j] for j in range(i, min(i + t.batch_size, len(replay_rows)))]).items()}
+            for i in range(0, len(replay_rows), t.batch_size)
+        )
+        fisher = estimate_fisher(model, batches, max_batches=t.ewc_batches)
+    return Regularizers(model, kl_to_base=t.kl_to_base, l2sp=t.l2sp, ewc=t.ewc, fisher=fisher)

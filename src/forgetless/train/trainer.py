@@ -164,11 +164,8 @@ class ForgetlessTrainer(Trainer):
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Both suites on the current weights; logged, recorded and passed to callbacks."""
-        metrics = self.evaluator.evaluate(self.model, step=self.state.global_step)
-        if self.judge is not None:
-            violations = self.judge.violations(metrics, self.evaluator.last_scores)
-            metrics["budget/violations"] = violations
-            metrics["budget/inside"] = float(not violations)
+        ev = self.evaluator.evaluate(self.model, step=self.state.global_step)
+        metrics = self.judge.judged(ev) if self.judge is not None else ev.metrics
         if self.state.is_world_process_zero:
             self.recorder.record_eval(metrics)
         self.eval_history.append(metrics)
