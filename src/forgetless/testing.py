@@ -27,9 +27,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over :data:`WORDS` with a ChatML-like chat template."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS)}
+# The plain frame's labels (forgetless.promptformat), appended so the other ids do not move.
+PLAIN_WORDS = ["System:", "Question:", "Answer:", "<bos>"]
+
+
+def tiny_tokenizer(*, plain: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` with a ChatML-like chat template.
+
+    ``plain=True``: a base model's tokenizer instead: no chat template, a BOS token, and the plain
+    frame's labels in the vocabulary.
+    """
+    vocab = {t: i for i, t in enumerate(SPECIALS + WORDS + (PLAIN_WORDS if plain else []))}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
     # Chat markers are matched before whitespace splitting, as in real chat tokenizers.
@@ -37,6 +45,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token=None
     )
+    if plain:
+        from tokenizers import processors
+
+        tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
+        return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<bos>")
     tok.chat_template = CHAT_TEMPLATE
     return tok
 
@@ -90,6 +103,31 @@ def save_tiny_model(folder: str | Path, *, seed: int = 0, bpe: bool = False) -> 
     folder = Path(folder)
     tok = tiny_bpe_tokenizer() if bpe else tiny_tokenizer()
     model = tiny_model(len(tok), seed=seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_gemma3(vocab_size: int, *, seed: int = 0) -> torch.nn.Module:
+    """A 2-layer Gemma 3 (q_norm/k_norm, one sliding-window and one full-attention layer), random."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=0, eos_token_id=3, bos_token_id=vocab_size - 1,
+    )  # fmt: skip
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def save_tiny_base_model(folder: str | Path, *, seed: int = 0) -> Path:
+    """A tiny *base* model folder like the embedded gemma3-270m: Gemma 3 architecture and a
+    tokenizer without a chat template (so every stage uses the plain Question:/Answer: frame)."""
+    folder = Path(folder)
+    tok = tiny_tokenizer(plain=True)
+    assert tok.convert_tokens_to_ids("<bos>") == len(tok) - 1
+    model = tiny_gemma3(len(tok), seed=seed)
     model.save_pretrained(folder, safe_serialization=True)
     tok.save_pretrained(folder)
     return folder

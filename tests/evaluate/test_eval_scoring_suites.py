@@ -126,3 +126,36 @@ def test_suite_items_prefix_and_errors() -> None:
     assert {it.kind for it in suite_items("math", 6)} == {"add", "sub", "mul", "word_more", "word_less", "word_groups"}
     with pytest.raises(ValueError, match="unknown"):
         suite_items("poetry")
+
+
+def _tiny_gemma3(softcap: float | None) -> torch.nn.Module:
+    """A 2-layer Gemma 3 (q_norm/k_norm, a sliding-window and a full layer), soft-capped logits.
+
+    The window (16) is wider than any padded test row: inside it, padding is masked as usual.
+    """
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=70, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=8, sliding_window=16, layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=softcap,
+        max_position_embeddings=64, pad_token_id=0, eos_token_id=3, bos_token_id=2,
+    )  # fmt: skip
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_per_item_projection_on_gemma3_and_lora_equals_full_forward(softcap: float | None) -> None:
+    """Scorers project the trunk's hidden states themselves: soft-capping and a LoRA wrapper must
+    give the numbers of the model's own forward pass."""
+    from peft import LoraConfig, get_peft_model
+
+    model = _tiny_gemma3(softcap)
+    lora = get_peft_model(_tiny_gemma3(softcap), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+    pairs = [(p, c) for p, cs in ITEMS for c in cs]
+    for m in (model, lora.eval()):
+        for i, lp in iter_continuation_logprobs(m, pairs, batch_size=3):
+            assert torch.allclose(lp, _from_scratch(m, *pairs[i]), atol=1e-4), i
+        got = [s for row in choice_scores(m, ITEMS, batch_size=2) for s in row]
+        want = [(float(_from_scratch(m, p, c).gather(1, torch.tensor(c)[:, None]).sum()), len(c)) for p, cs in ITEMS for c in cs]
+        assert [a for a, _ in got] == pytest.approx([a for a, _ in want], abs=1e-4)

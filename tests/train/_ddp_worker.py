@@ -39,7 +39,7 @@ def install_spies() -> None:
 
     def evaluate(self: Any, *a: Any, **kw: Any) -> dict[str, float]:
         out = real_eval(self, *a, **kw)
-        _log("evaluate", step=self.state.global_step)
+        _log("evaluate", step=self.state.global_step, fsdp=bool(self.is_fsdp_enabled))
         return out
 
     trainer.mark_complete = mark_complete

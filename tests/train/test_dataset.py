@@ -111,3 +111,43 @@ def test_build_dataset_counts_tokens() -> None:
     tok = tiny_tokenizer()
     ds = build_dataset(tok, [Example(text="zorvanex is a drug"), Example(text="a drug")], max_length=16)
     assert len(ds) == 1 and ds.num_tokens == 5 + 3
+
+
+# --- a base model without a chat template: the plain Question:/Answer: frame -----------------
+
+
+def _plain_ids(tok, words: str) -> list[int]:
+    return tok.convert_tokens_to_ids(words.split())
+
+
+def test_plain_frame_chat_learns_answers_and_final_eos() -> None:
+    tok = tiny_tokenizer(plain=True)
+    assert tok.chat_template is None
+    ex = Example(messages=[{"role": "user", "content": "what is zorvanex"}, {"role": "assistant", "content": "a drug made by acme"}])
+    t = tokenize_example(tok, ex)
+    # <bos> Question: what is zorvanex \n Answer: a drug made by acme <eos>
+    assert t.input_ids == _plain_ids(tok, "<bos> Question: what is zorvanex Answer: a drug made by acme") + [IM_END]
+    assert t.labels == [X] * 6 + [A, DRUG, MADE, BY, ACME, IM_END]
+
+
+def test_plain_frame_multi_turn_with_system_prompt() -> None:
+    tok = tiny_tokenizer(plain=True)
+    ex = Example(messages=[
+        {"role": "user", "content": "what is zorvanex"}, {"role": "assistant", "content": " a drug "},
+        {"role": "user", "content": "by what"}, {"role": "assistant", "content": "acme"},
+    ])  # fmt: skip
+    t = tokenize_example(tok, ex, system_prompt="you are a cat")
+    assert t.input_ids[:6] == _plain_ids(tok, "<bos> System: you are a cat")
+    # Each answer is learned; only the last is closed by EOS (the frame's next line follows the others).
+    assert [i for i, l in zip(t.input_ids, t.labels) if l != X] == [A, DRUG, ACME, IM_END]
+
+
+def test_plain_frame_matches_evaluation_prompt_and_answer() -> None:
+    """Training text and evaluation's prompt + answer ids are the same tokens, so a model trained
+    on the frame is scored on what it learned."""
+    from forgetless.evaluate.scoring import answer_ids, chat_prompt_ids
+
+    tok = tiny_tokenizer(plain=True)
+    ex = Example(messages=[{"role": "user", "content": "what is zorvanex"}, {"role": "assistant", "content": "a drug"}])
+    t = tokenize_example(tok, ex)
+    assert chat_prompt_ids(tok, "what is zorvanex") + answer_ids(tok, "a drug") == t.input_ids

@@ -25,6 +25,7 @@ from ..data import record_to_example
 from ..errors import InputError
 from ..hashing import sha256_file, sha256_json
 from ..io import append_jsonl, iter_jsonl
+from ..promptformat import PLAIN, cut_at_stop, prompt_format
 
 if TYPE_CHECKING:  # importing transformers costs seconds; curate without replay never needs it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -95,9 +96,11 @@ def self_generated_replay(
     prompts = load_prompts(prompts_path)[: max(0, n)]
     if not prompts:
         return []
+    plain = prompt_format(tokenizer) == PLAIN
     key = sha256_json(
-        {"model": cache_key, "prompts": sha256_file(prompts_path), "template": tokenizer.chat_template, "max_new_tokens": max_new_tokens}
-    )[:32]
+        {"model": cache_key, "prompts": sha256_file(prompts_path), "template": tokenizer.chat_template, "max_new_tokens": max_new_tokens,
+         **({"format": "plain-v1"} if plain else {})}
+    )[:32]  # fmt: skip
     cache_file = cache_dir(REPLAY_CACHE_DIR) / f"{key}.jsonl"
     cached: dict[str, str] = {}
     if cache_file.exists():
@@ -117,8 +120,12 @@ def self_generated_replay(
                 chunk = missing[s : s + batch_size]
                 outs = generate_greedy(model, tokenizer, ids[s : s + batch_size], max_new_tokens=max_new_tokens, batch_size=batch_size)
                 for p, out in zip(chunk, outs):
-                    text = tokenizer.decode(out, skip_special_tokens=True).strip()
-                    if tokenizer.eos_token_id not in out:
+                    full = tokenizer.decode(out, skip_special_tokens=True)
+                    # A base model's answer ends where the plain frame's next turn would start.
+                    text = cut_at_stop(full) if plain else full
+                    ended = tokenizer.eos_token_id in out or len(text) < len(full)
+                    text = text.strip()
+                    if not ended:
                         text = _trim_truncated(text)
                     cached[p["id"]] = text
                     append_jsonl(cache_file, {"id": p["id"], "answer": text})

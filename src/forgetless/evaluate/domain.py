@@ -19,7 +19,8 @@ from ..data import Example, load_examples, require_fields, tokenize_example
 from ..errors import InputError
 from ..io import iter_jsonl
 from . import metrics
-from .scoring import answer_ids, chat_prompt_ids, continuation_scores, generate_greedy
+from ..promptformat import PLAIN, PLAIN_STOP_STRINGS, prompt_format
+from .scoring import answer_ids, chat_prompt_ids, continuation_scores, generate_greedy, generate_greedy_until
 
 
 @dataclass
@@ -98,8 +99,14 @@ def domain_scores(
     pad = tok.pad_token_id or 0
     if data.qa:
         prompts = [chat_prompt_ids(tok, r["question"], system=system_prompt) for r in data.qa]
-        gens = generate_greedy(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        preds = [tok.decode(g, skip_special_tokens=True).strip() for g in gens]
+        if prompt_format(tok) == PLAIN:
+            # A base model runs on past its answer into the next "Question:": the frame's stop
+            # strings end it (and end decoding of the row early).
+            texts = generate_greedy_until(model, tok, prompts, max_new_tokens=max_new_tokens, stop_strings=PLAIN_STOP_STRINGS, batch_size=batch_size)
+            preds = [t.strip() for t in texts]
+        else:
+            gens = generate_greedy(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+            preds = [tok.decode(g, skip_special_tokens=True).strip() for g in gens]
         rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
         per = {
             "qa_em": [metrics.exact_match(p, r["answer"]) for p, r in zip(preds, data.qa)],

@@ -30,6 +30,7 @@ from ..data import require_fields
 from ..errors import InputError
 from ..hashing import sha256_json
 from ..io import atomic_write_bytes, iter_jsonl
+from ..promptformat import prompt_format
 from .scoring import chat_prompt_ids, generate_greedy, iter_continuation_logprobs
 
 BUILTIN_PROMPTS = "general_prompts.v1.jsonl"
@@ -72,9 +73,8 @@ class GeneralReference:
             "topk_logprobs": torch.cat(self.topk_logprobs).contiguous(),
         }
         meta = {"ids": json.dumps(self.ids), "categories": json.dumps(self.categories), "meta": json.dumps(self.meta)}
-        # One temporary name per process: under torchrun every rank builds the reference and saves
-        # it to the same cache path, and a shared temporary name let one rank delete the other's.
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.safetensors")
+        # A name of this process's own: ranks of a distributed launch may build the same reference at once.
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.safetensors")
         save_file(tensors, str(tmp), metadata=meta)
         atomic_write_bytes(path, tmp.read_bytes())
         tmp.unlink()
@@ -136,7 +136,7 @@ def build_reference(
         answer_ids=answers,
         topk_ids=tk_ids,
         topk_logprobs=tk_lp,
-        meta={"max_new_tokens": max_new_tokens, "topk": topk},
+        meta={"max_new_tokens": max_new_tokens, "topk": topk, "prompt_format": prompt_format(tok)},
     )
 
 

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..lmhead import lm_split
+from ..promptformat import PLAIN, prompt_format, render_plain
+
 
 def chat_prompt_ids(tok: PreTrainedTokenizerBase, user: str, *, system: str | None = None) -> list[int]:
     """Token ids of a one-turn chat prompt, ending where the assistant's answer starts."""
@@ -21,12 +24,17 @@ def chat_prompt_ids(tok: PreTrainedTokenizerBase, user: str, *, system: str | No
     if tok.chat_template:
         text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         return tok(text, add_special_tokens=False)["input_ids"]
-    # Base models without a template: a plain "Question/Answer" frame.
-    return tok(f"Question: {user}\nAnswer:", add_special_tokens=True)["input_ids"]
+    # Base models without a template: the plain "Question:/Answer:" frame training uses too.
+    return tok(render_plain(msgs), add_special_tokens=True)["input_ids"]
 
 
 def answer_ids(tok: PreTrainedTokenizerBase, answer: str, *, with_eos: bool = True) -> list[int]:
-    """Token ids of an assistant answer as it follows a chat prompt (optionally closed by EOS)."""
+    """Token ids of an assistant answer as it follows a chat prompt (optionally closed by EOS).
+
+    In the plain frame the answer follows ``Answer:`` after a space, as in training text.
+    """
+    if prompt_format(tok) == PLAIN:
+        answer = " " + answer.lstrip()
     ids = tok(answer, add_special_tokens=False)["input_ids"]
     return ids + [tok.eos_token_id] if with_eos and tok.eos_token_id is not None else ids
 
@@ -61,9 +69,12 @@ def iter_continuation_logprobs(
     Two savings over one plain forward pass per padded batch, same numbers up to float rounding:
     the prefix every prompt of a batch shares (the chat template's system turn, 24 of SmolLM2's
     ~37 prompt tokens) runs once (:func:`_prefix_cache`), and the vocabulary projection runs only
-    at the positions that predict a continuation token (``logits_to_keep``).
+    at the positions that predict a continuation token, one item at a time
+    (:func:`forgetless.lmhead.lm_split`): a batch never holds ``batch x length x vocab`` logits, which at Gemma's
+    262k vocabulary is 1 GB for 16 answers of 64 tokens.
     """
     dev = _device(model)
+    split = lm_split(model)
     lengths = [len(p) + len(c) for p, c in pairs]
     for idx in _length_sorted_batches(lengths, batch_size):
         prompts = [list(pairs[i][0]) for i in idx]
@@ -87,12 +98,17 @@ def iter_continuation_logprobs(
                 ids[row, pw : pw + len(c)] = torch.tensor(c)
         pos = (mask.cumsum(1) - 1).clamp(min=0)[:, shared:]
         keep = torch.arange(pw - 1, pw - 1 + cw, device=dev)
-        logits = model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-            cache=cache, use_cache=cache is not None, logits_to_keep=keep,
-        ).logits  # fmt: skip
-        for row, i in enumerate(idx):
-            yield i, F.log_softmax(logits[row, : len(conts[row])].float(), dim=-1)
+        kwargs = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "position_ids": pos.to(dev), "cache": cache, "use_cache": cache is not None}
+        if split is None:
+            logits = model(**kwargs, logits_to_keep=keep).logits
+            rows = (logits[row, : len(c)] for row, c in enumerate(conts))
+        else:
+            decoder, project = split
+            hidden = decoder(**kwargs).last_hidden_state[:, keep]
+            rows = (project(hidden[row, : len(c)]) for row, c in enumerate(conts))
+        del cache, kwargs  # the prefix cache's copies, one per row, are not needed past the forward pass
+        for i, row_logits in zip(idx, rows):
+            yield i, F.log_softmax(row_logits.float(), dim=-1)
         if on_batch is not None:
             on_batch(len(idx))
 
@@ -226,10 +242,12 @@ def choice_scores(
       ~37 prompt tokens) is run once and its KV cache copied to every row;
     * each prompt is run once and its cache copied to one row per choice, so only the choice
       tokens are fed after it;
-    * only the logits that are needed are computed (``logits_to_keep``): the LM head over a
-      49k vocabulary is ~20% of a small model's work per position.
+    * only the logits that are needed are computed (``logits_to_keep``, and per choice row the
+      trunk's hidden states projected one row at a time): the LM head over a 49k vocabulary is
+      ~20% of a small model's work per position, over Gemma's 262k most of it.
     """
     dev = _device(model)
+    split = lm_split(model)
     out: list[list[tuple[float, int]]] = [[] for _ in items]
     for idx in _length_sorted_batches([len(p) for p, _ in items], batch_size):
         res, mask, pos = _prompt_pass(model, [list(items[i][0]) for i in idx], pad_id)
@@ -252,15 +270,23 @@ def choice_scores(
         cache.reorder_cache(src.to(dev))  # one copy of the prompt's cache per choice row
         full_mask = torch.cat([mask[src], cmask], dim=1)
         cpos = pos[src, -1:] + 1 + torch.arange(cwidth)[None, :]
-        logits = model(
-            input_ids=cids.to(dev), attention_mask=full_mask.to(dev), position_ids=cpos.to(dev), cache=cache, use_cache=True
-        ).logits
+        kwargs = {"input_ids": cids.to(dev), "attention_mask": full_mask.to(dev), "position_ids": cpos.to(dev), "cache": cache, "use_cache": True}
+        if split is None:
+            logits = model(**kwargs).logits
+            row_logits: Callable[[int, int], torch.Tensor] = lambda j, n: logits[j, :n]  # noqa: E731
+        else:
+            # Hidden states for every choice row, projected one row at a time: rows x width x vocab
+            # logits (64 x 10 x 262k fp32 = 670 MB on Gemma) are never held at once.
+            decoder, project = split
+            hidden = decoder(**kwargs).last_hidden_state
+            row_logits = lambda j, n: project(hidden[j, :n])  # noqa: E731
+        del cache, kwargs, res  # the KV cache (one copy of each prompt per choice) is not needed past the forward pass
         for j, (r, i, k) in enumerate(rows):
             c = list(items[i][1][k])
             total = float(first_lp[r, c[0]])
             if len(c) > 1:
                 # Column t of the choice logits predicts choice token t+1.
-                lp = F.log_softmax(logits[j, : len(c) - 1].float(), dim=-1)
+                lp = F.log_softmax(row_logits(j, len(c) - 1).float(), dim=-1)
                 total += float(lp.gather(1, torch.tensor(c[1:], device=lp.device)[:, None]).sum())
             out[i].append((total, len(c)))
     return out

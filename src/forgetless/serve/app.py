@@ -37,6 +37,7 @@ from .deployment import Deployment, EngineSettings, Target
 from .guard import Guard
 from .engine import Event, GenParams, Job, QueueFull
 from .metrics import CLIENT_CLOSED, ServeMetrics
+from ..promptformat import PLAIN, PLAIN_STOP_STRINGS, prompt_format
 from .prompts import EncodedPrompt, encode_chat, encode_text
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, error_response, new_id, now, usage
 
@@ -181,6 +182,9 @@ def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *,
         dep: Deployment = state["dep"]
         prompt = encode_chat(dep.engine.tok, msgs)
         _check_prompt(prompt, "messages")
+        if prompt_format(dep.engine.tok) == PLAIN:
+            # A base model's chat reply ends where the plain frame's next turn would start.
+            params.stop = [*params.stop, *PLAIN_STOP_STRINGS]
         return await _run(request, "/v1/chat/completions", req, want, prompt, params, chat=True)
 
     @app.post("/v1/completions")

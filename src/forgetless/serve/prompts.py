@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from ..promptformat import render_plain
+
 
 @dataclass
 class EncodedPrompt:
@@ -33,11 +35,7 @@ def render_chat(tok: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]
     """
     if tok.chat_template:
         return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
-    parts = []
-    for m in messages:
-        label = {"system": "System", "user": "Question", "assistant": "Answer"}.get(m["role"], m["role"].title())
-        parts.append(f"{label}: {m['content']}")
-    return "\n".join(parts) + ("\nAnswer:" if add_generation_prompt else "")
+    return render_plain(messages, add_generation_prompt=add_generation_prompt)
 
 
 def _user_char_spans(tok: PreTrainedTokenizerBase, text: str, messages: Sequence[dict[str, str]]) -> list[tuple[int, int]]:

@@ -8,6 +8,8 @@ and metrics files instead of the Trainer's printing.
 
 from __future__ import annotations
 
+import os
+from importlib.metadata import version as _version
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
 from .. import artifacts as A
 from ..config import RunConfig
+from ..errors import ForgetlessError
 from ..evaluate.precision import resolve as resolve_precision
 from ..evaluate.runner import Evaluator
 from ..integrations.callback import ForgetlessCallback
@@ -98,6 +101,14 @@ def build_trainer(
         callbacks=[EvalScheduleCallback(every), *([callback] if callback else []), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
         optimizers=optimizers,
     )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        # accelerate switches to FSDP only on accelerator devices; on CPU processes it keeps plain
+        # data parallelism and ignores the request, so a "sharded" run would silently be DDP.
+        raise ForgetlessError(
+            f"FSDP was requested (ACCELERATE_USE_FSDP=true) but accelerate {_version('accelerate')} does not shard on "
+            f"this launch (distributed type {trainer.accelerator.distributed_type}); it shards only across processes on GPUs or other "
+            "accelerators. Unset ACCELERATE_USE_FSDP to train data-parallel (DDP) instead."
+        )
     # Our Rich bar and metrics files replace the Trainer's own printing.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from ..data import IGNORE, Example, Tokenized, tokenize_example
 from ..errors import InputError
 
+
 def chunk(t: Tokenized, max_length: int) -> list[Tokenized]:
     """Split an over-long example into consecutive windows of at most ``max_length`` (nothing is dropped)."""
     if len(t.input_ids) <= max_length:
