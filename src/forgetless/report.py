@@ -96,11 +96,13 @@ def write_report(
         for h in history:
             lines.append(f"| {h['step']} | " + " | ".join(_fmt(h.get(c, "")) for c in cats) + " |")
     if scale_curve:
-        lines += ["", f"## Adapter-scale calibration (checkpoint {scale_curve[-1]['step']})", "", "Scale 0 is the base, 1 the trained adapter.", ""]
+        steps = sorted({c["step"] for c in scale_curve})
+        lines += ["", f"## Adapter-scale calibration (checkpoint{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})", "",
+                  "Scale 0 is the base, 1 the trained adapter.", ""]
         keys = [c for c in GENERAL_COLS + DOMAIN_COLS if c in scale_curve[0]]
-        lines += ["| scale | " + " | ".join(keys) + " | budget |", "|" + "---|" * (len(keys) + 2)]
-        for c in sorted(scale_curve, key=lambda c: c["scale"]):
-            lines.append(f"| {c['scale']} | " + " | ".join(_fmt(c.get(k, "")) for k in keys) + f" | {judge(budget, c).describe()} |")
+        lines += ["| step | scale | " + " | ".join(keys) + " | budget |", "|" + "---|" * (len(keys) + 3)]
+        for c in sorted(scale_curve, key=lambda c: (c["step"], c["scale"])):
+            lines.append(f"| {c['step']} | {c['scale']} | " + " | ".join(_fmt(c.get(k, "")) for k in keys) + f" | {judge(budget, c).describe()} |")
     for sec in extra_sections or []:
         lines += ["", sec]
     lines += ["", "![curves](curves.png)", ""]

@@ -171,3 +171,28 @@ def test_no_budget_is_reported_as_such(tiny_run: Path) -> None:
     assert "inside the budget" not in (cfg.run_dir / A.REPORT_MD).read_text()
     history = [json.loads(l) for l in (cfg.run_dir / A.METRICS).read_text().splitlines()]
     assert {h["budget/state"] for h in history} == {"unset"}
+
+
+def test_scale_is_aimed_at_the_budget(tiny_run: Path, tmp_path: Path) -> None:
+    """With a budget under the drift the training reaches, the scale search evaluates each candidate
+    at the scale predicted from its own KL at scale 1, and exports a point inside the budget."""
+    from forgetless.train.calibrate import aimed_scale
+
+    free = load_config(tiny_run / "cfg.yaml", ["train.scale_sweep=[]", f"run_dir={tmp_path / 'free'}"])
+    run_pipeline(free)
+    free_kl = [json.loads(l)["general/kl"] for l in (free.run_dir / A.METRICS).read_text().splitlines()][1:]
+    budget = 0.5 * min(free_kl)  # every trained checkpoint is outside it
+    cfg = load_config(tiny_run / "cfg.yaml", [f"budget.general_kl={budget}", "train.patience=10", "train.scale_sweep=[0.25,0.5,0.75]"])
+    summary = run_pipeline(cfg)
+    history = [json.loads(l) for l in (cfg.run_dir / A.METRICS).read_text().splitlines()]
+    assert [h["general/kl"] for h in history[1:]] == pytest.approx(free_kl)  # the budget did not change training here
+    curve = json.loads((cfg.run_dir / A.SCALE_CURVE).read_text())
+    tried = [c for c in curve if c["scale"] != 1.0]
+    assert 1 <= len(tried) <= 3  # at most len(scale_sweep) evaluations
+    first = tried[0]
+    kl1 = next(h["general/kl"] for h in history if h["step"] == first["step"])
+    assert first["scale"] == round(aimed_scale(kl1, 0.9 * budget), 3)
+    inside = [c for c in tried if not c["budget/outside"]]
+    assert inside, "no aimed point landed inside the budget"
+    sel = summary["selected"]
+    assert sel["scale"] < 1.0 and sel["metrics"]["general/kl"] <= budget
