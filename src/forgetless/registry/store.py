@@ -25,8 +25,8 @@ from typing import Any
 from .. import artifacts
 from ..cache import cache_root
 from ..errors import ForgetlessError, InputError
-from ..hashing import sha256_file
-from .lineage import RunRecord, adapter_hash, read_run, read_variant
+from ..hashing import adapter_hash, sha256_file
+from .lineage import RunRecord, read_run, read_variant
 
 # A name is one path-safe token: letters, digits, '.', '_', '-', starting with a letter or digit.
 # That alone rejects '../x', 'a/b' and '' -- names end up in file names and URLs elsewhere.

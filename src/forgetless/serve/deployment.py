@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ForgetlessError
+from ..hashing import adapter_hash
 from ..models import load_model, load_tokenizer
 from ..runfolder import RunFolder, read_run_folder
 from .engine import Engine
@@ -135,11 +136,8 @@ def read_spec(
         return known
     if variant in (ADAPTER, "int8"):
         adapter = run.require_adapter()
-        if adapter_sha256 is not None:
-            from ..registry.lineage import adapter_hash  # the registry's own definition of the hash
-
-            if adapter_hash(adapter) != adapter_sha256:
-                raise ForgetlessError(f"refusing to serve {adapter}: it changed since it was registered (content hash differs)")
+        if adapter_sha256 is not None and adapter_hash(adapter) != adapter_sha256:
+            raise ForgetlessError(f"refusing to serve {adapter}: it changed since it was registered (content hash differs)")
     if variant != ADAPTER:
         artifact = check_artifact(variant, artifact, artifact_sha256)
     return RunSpec(run, stamp, variant=variant, artifact=artifact, ref=ref)
