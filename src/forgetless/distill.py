@@ -30,7 +30,7 @@ from rich.console import Console
 
 from . import artifacts
 from .errors import ForgetlessError
-from .hashing import sha256_file
+from .hashing import adapter_hash, sha256_file
 from .io import atomic_write_json, atomic_write_text, write_jsonl
 
 
@@ -86,7 +86,6 @@ def distill(
     from .config import load_config
     from .deploy.variants import Target, load_target_tokenizer, load_variant
     from .pipeline import run_pipeline
-    from .registry.lineage import adapter_hash
     from .runfolder import read_run_folder
 
     console = console or Console(stderr=True)

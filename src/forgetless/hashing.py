@@ -1,4 +1,8 @@
-"""Content hashes for lineage: base weights, tokenizer, data and config."""
+"""Content hashes for lineage: base weights, tokenizer, data, config and adapters.
+
+Below every stage: the registry records these hashes, and serve, deploy and distill check files
+against them with the same definitions.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from .errors import InputError
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
@@ -24,6 +30,14 @@ def sha256_files(paths: list[str | Path]) -> str:
         h.update(p.name.encode())
         h.update(sha256_file(p).encode())
     return h.hexdigest()
+
+
+def adapter_hash(adapter_dir: Path) -> str:
+    """Content hash of an adapter folder: every file's name and SHA-256 (sorted)."""
+    files = [p for p in adapter_dir.rglob("*") if p.is_file()]
+    if not files:
+        raise InputError("adapter folder is empty", file=adapter_dir)
+    return sha256_files(files)
 
 
 def sha256_json(obj: Any) -> str:

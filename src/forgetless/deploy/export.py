@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import artifacts
 from ..errors import ForgetlessError
-from ..hashing import sha256_file
+from ..hashing import adapter_hash, sha256_file
 from ..io import atomic_write_json
 from ..runfolder import read_run_folder
 from .gguf_export import GGUF_TYPES, _source_pre, load_gguf, write_gguf
@@ -118,8 +118,6 @@ def _read_info(run_dir: Path) -> dict[str, Any] | None:
 def check_gguf_gate(run_dir: str | Path, ftype: str) -> dict[str, Any]:
     """The recorded verdict of one exported GGUF file; raises :class:`ForgetlessError` unless it passed
     for the file and adapter that are on disk now."""
-    from ..registry.lineage import adapter_hash
-
     run_dir = Path(run_dir)
     info = _read_info(run_dir)
     if info is None:

@@ -28,9 +28,8 @@ import torch
 from .. import artifacts
 from ..budget import PRIMARY_DOMAIN, BudgetConfig, judge, lower_is_better
 from ..errors import ForgetlessError, InputError
-from ..hashing import sha256_json
+from ..hashing import adapter_hash, sha256_json
 from ..io import atomic_write_json, read_text_file
-from ..registry.lineage import adapter_hash
 from ..runfolder import RunFolder, read_run_folder
 from .variants import DEFAULT_INT8_SCHEME, Target, load_target_tokenizer, load_variant, quantize_int8
 

@@ -18,7 +18,7 @@ from typing import Any
 from .. import __version__, artifacts
 from ..budget import PRIMARY_DOMAIN, BudgetConfig, Verdict, judge, lower_is_better
 from ..errors import InputError
-from ..hashing import sha256_files, sha256_json
+from ..hashing import adapter_hash, sha256_files, sha256_json
 from ..runfolder import RunFolder, read_run_folder
 
 # Keys under which run_info.json may hold each lineage hash, tried in order (the pipeline writes
@@ -63,14 +63,6 @@ def _dig(obj: Any, path: tuple[str, ...]) -> Any:
             return None
         obj = obj[key]
     return obj
-
-
-def adapter_hash(adapter_dir: Path) -> str:
-    """Content hash of an adapter folder: every file's name and SHA-256 (sorted)."""
-    files = [p for p in adapter_dir.rglob("*") if p.is_file()]
-    if not files:
-        raise InputError("adapter folder is empty", file=adapter_dir)
-    return sha256_files(files)
 
 
 def _numeric(rec: dict[str, Any]) -> dict[str, float]:

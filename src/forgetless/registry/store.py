@@ -25,8 +25,8 @@ from typing import Any
 from .. import artifacts
 from ..cache import cache_root
 from ..errors import ForgetlessError, InputError
-from ..hashing import sha256_file
-from .lineage import RunRecord, adapter_hash, read_run, read_variant
+from ..hashing import adapter_hash, sha256_file
+from .lineage import RunRecord, read_run, read_variant
 
 # A name is one path-safe token: letters, digits, '.', '_', '-', starting with a letter or digit.
 # That alone rejects '../x', 'a/b' and '' -- names end up in file names and URLs elsewhere.
@@ -365,6 +365,18 @@ class Registry:
             raise ForgetlessError(f"alias '{alias}' is not set in registry {self.path}; promote a version first")
         return Path(rows[0]["run_dir"])
 
+    def resolve_version(self, alias: str) -> Version:
+        """The version an alias points at now (an alias only, never a name's latest version).
+
+        What a server needs to load exactly what was promoted: the run folder, the adapter hash
+        and, for a deployment variant, its kind, artifact and artifact hash.
+        """
+        validate_name(alias, "alias")
+        rows = self._read("SELECT v.* FROM aliases a JOIN versions v ON v.id=a.version_id WHERE a.alias=?", (alias,))
+        if not rows:
+            raise ForgetlessError(f"alias '{alias}' is not set in registry {self.path}; promote a version first")
+        return Version._from_row(rows[0])
+
     def resolve_pinned(self, alias: str) -> tuple[Path, str]:
         """The run folder an alias points at now and the adapter content hash recorded at registration.
 
@@ -410,3 +422,8 @@ def resolve_alias(alias: str, db_path: Path | None = None) -> Path:
 def resolve_alias_pinned(alias: str, db_path: Path | None = None) -> tuple[Path, str]:
     """As :func:`resolve_alias`, plus the adapter content hash the registry recorded for that version."""
     return Registry(db_path).resolve_pinned(alias)
+
+
+def resolve_alias_version(alias: str, db_path: Path | None = None) -> Version:
+    """As :func:`resolve_alias`, but the whole version (kind, artifact and hashes included)."""
+    return Registry(db_path).resolve_version(alias)

@@ -6,8 +6,13 @@ Models served (``GET /v1/models``), with stable names across hot swaps:
 * ``<prefix>-adapter``: always the fine-tuned adapter;
 * ``<prefix>-base``: always the base model.
 
-Every response that ran the model carries ``x-forgetless-route`` (``adapter``, ``base`` or
-``fallback``) and, when the router ran, ``x-forgetless-router-score``. Everything except
+When the target is a merged deployment variant (a registry alias on an ``int8`` or ``gguf-<type>``
+version) there is no adapter to switch off: ``<prefix>-auto`` and ``<prefix>-adapter`` both answer
+with the variant (route ``variant``, no router), and ``<prefix>-base`` is not served (404).
+
+Every response that ran the model carries ``x-forgetless-route`` (``adapter``, ``base``,
+``fallback`` or ``variant``), ``x-forgetless-variant`` (``adapter``, ``int8``, ``gguf-<type>``) and,
+when the router ran, ``x-forgetless-router-score``. Everything except
 ``/health`` needs ``Authorization: Bearer <key>``; every 4xx is OpenAI-style error JSON.
 
 One client cannot hurt another: a body over the limit is refused on the bytes read (chunked or
@@ -130,9 +135,14 @@ def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *,
     def _model_cards() -> list[dict[str, Any]]:
         dep: Deployment = state["dep"]
         created = int(dep.loaded_at)
-        desc = {"auto": "routes each request to the adapter or the base", "adapter": "the fine-tuned adapter", "base": "the base model"}
+        variant = dep.variant
+        if dep.spec.merged:
+            merged = f"the merged {variant} variant; routing off (a merged variant has no adapter to switch off, no base is loaded)"
+            desc = {"auto": merged, "adapter": merged}
+        else:
+            desc = {"auto": "routes each request to the adapter or the base", "adapter": "the fine-tuned adapter", "base": "the base model"}
         return [{"id": mid, "object": "model", "created": created, "owned_by": "forgetless", "forgetless_kind": kind,
-                 "description": desc[kind]} for mid, kind in ids.items()]  # fmt: skip
+                 "forgetless_variant": variant, "description": desc[kind]} for mid, kind in ids.items() if kind in desc]  # fmt: skip
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -149,6 +159,11 @@ def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *,
         # Model names are only ever looked up in this table: never used as a path or a hub id.
         if model not in ids:
             raise APIError(404, f"model '{model}' does not exist; served: {', '.join(ids)}", param="model", code="model_not_found")
+        dep: Deployment = state["dep"]
+        if ids[model] == "base" and dep.spec.merged:
+            served = ", ".join(m for m, k in ids.items() if k != "base")
+            raise APIError(404, f"model '{model}' is not served: this server serves the merged {dep.variant} variant, which has no "
+                           f"adapter to switch off and no base loaded; served: {served}", param="model", code="model_not_found")  # fmt: skip
         return ids[model]
 
     def _params(req: Any, requested: int | None, default: int) -> GenParams:
@@ -211,8 +226,9 @@ def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *,
         events: asyncio.Queue[Event] = asyncio.Queue()
         job = Job(prompt=prompt, want=want, params=params, deliver=lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
         t0 = time.perf_counter()
+        engine = state["dep"].engine  # the engine that answers: its variant goes in the header even across a swap
         try:
-            state["dep"].engine.submit(job)
+            engine.submit(job)
         except QueueFull:
             count(request, endpoint, "none", "429")
             return APIError(429, "server is at capacity, retry shortly", code="overloaded").response(headers=retry_after)
@@ -233,7 +249,7 @@ def create_app(resolve_target: Callable[[], Target], settings: ServeSettings, *,
         if first.kind == "error":
             gone.cancel()
             return _finish_error(request, endpoint, first)
-        headers = {"x-forgetless-route": first.route}
+        headers = {"x-forgetless-route": first.route, "x-forgetless-variant": engine.variant}
         if first.score is not None:
             headers["x-forgetless-router-score"] = f"{first.score:.4f}"
         rid, created = new_id("chatcmpl" if chat else "cmpl"), now()

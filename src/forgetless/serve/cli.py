@@ -11,22 +11,30 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import ForgetlessError
+from .variant import Pin
 
 API_KEY_ENV = "FORGETLESS_API_KEY"
 
 
-def target_resolver(target: str) -> Callable[[], Path | tuple[Path, str]]:
-    """``registry:ALIAS`` -> (folder, adapter hash) re-resolved through the registry on every call; anything else -> that folder."""
+def target_resolver(target: str) -> Callable[[], Path | Pin]:
+    """``registry:ALIAS`` -> the version it points at (:class:`~.variant.Pin`: run folder, kind, artifact,
+    hashes), re-resolved through the registry on every call; anything else -> that folder."""
     if target.startswith("registry:"):
         alias = target.removeprefix("registry:")
         if not alias:
             raise ForgetlessError("registry target needs an alias: registry:ALIAS")
         try:
-            from ..registry import resolve_alias_pinned
+            from ..registry import resolve_alias_version
         except ImportError:
-            raise ForgetlessError("this install has no model registry (forgetless.registry.resolve_alias_pinned)") from None
-        resolve_alias_pinned(alias)  # fail now, with the registry's own message, if the alias is unknown
-        return lambda: resolve_alias_pinned(alias)
+            raise ForgetlessError("this install has no model registry (forgetless.registry.resolve_alias_version)") from None
+
+        def resolve() -> Pin:
+            v = resolve_alias_version(alias)
+            return Pin(Path(v.run_dir), v.adapter_sha256, kind=v.kind, artifact=Path(v.artifact) if v.artifact else None,
+                       artifact_sha256=v.artifact_sha256, ref=v.ref)  # fmt: skip
+
+        resolve()  # fail now, with the registry's own message, if the alias is unknown
+        return resolve
     path = Path(target).expanduser().resolve()
     return lambda: path
 
@@ -80,5 +88,7 @@ def register(app: typer.Typer) -> None:
 
         with Console(stderr=True).status(f"loading {target}"):
             dep = Deployment(resolve, ServeMetrics(), settings.engine)
-        typer.echo(f"serving {dep.spec.run_dir} on http://{host}:{port}/v1 as {', '.join(settings.model_ids())}", err=True)
+        served = [m for m, kind in settings.model_ids().items() if not (dep.spec.merged and kind == "base")]
+        what = f"the merged {dep.variant} variant of {dep.spec.run_dir} (routing off)" if dep.spec.merged else str(dep.spec.run_dir)
+        typer.echo(f"serving {what} on http://{host}:{port}/v1 as {', '.join(served)}", err=True)
         uvicorn.run(create_app(resolve, settings, deployment=dep), host=host, port=port, log_level="info")

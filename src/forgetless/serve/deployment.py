@@ -1,15 +1,18 @@
 """What is being served, and hot-swapping it when the target changes.
 
-The server is given a callable that returns the folder to serve (a run folder, or whatever a
-registry alias points to now, with the adapter hash the registry recorded: a folder whose adapter
-no longer matches it is refused, and the last good one keeps serving). :class:`Deployment` re-resolves it at most every
-``reload_interval_s`` and, when the folder or its files changed:
+The server is given a callable that returns what to serve: a run folder, or the registry version
+an alias points to now (:class:`~.variant.Pin`: the run folder, the content hashes the registry
+recorded and, for a deployment variant, its kind and artifact). Files that no longer match a
+recorded hash are refused, and the last good target keeps serving. A run or distilled student is
+served as base + adapter; an ``int8`` or ``gguf-<type>`` version as that merged model
+(:mod:`.variant`). :class:`Deployment` re-resolves the target at most every ``reload_interval_s``
+and, when it or its files changed:
 
-* same base model: the new adapter is loaded into the running model under a fresh name and the
-  old one deleted, on the engine's thread between batches (one copy of the base weights, no
-  restart, no dropped request);
-* different base model: a new engine is built while the old one keeps serving, then swapped in;
-  the old engine finishes its queue and stops.
+* adapter to adapter on the same base model: the new adapter is loaded into the running model
+  under a fresh name and the old one deleted, on the engine's thread between batches (one copy of
+  the base weights, no restart, no dropped request);
+* anything else (another base, a merged variant in or out): a new engine is built while the old
+  one keeps serving, then swapped in; the old engine finishes its queue and stops.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ForgetlessError
+from ..hashing import adapter_hash
 from ..models import load_model, load_tokenizer
 from ..runfolder import RunFolder, read_run_folder
 from .engine import Engine
 from .metrics import ServeMetrics
 from .monitor import DriftMonitor, run_kl_budget
 from .router import Router, load_router
+from .variant import ADAPTER, Pin, check_artifact, load_merged
 
 log = logging.getLogger("forgetless.serve")
 
@@ -50,10 +55,18 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """The run folder being served, and the stamp of its served files when it was read."""
+    """The run folder being served, the variant of it, and the stamp of its served files when it was read."""
 
     run: RunFolder
-    stamp: tuple  # (path, [(file, size, mtime_ns)]): changes whenever anything served changes
+    stamp: tuple  # (path, [(file, size, mtime_ns)], pins): changes whenever anything served changes
+    variant: str = ADAPTER  # adapter, int8 or gguf-<type>
+    artifact: Path | None = None  # a merged variant's checked artifact (int8 gate verdict, GGUF file)
+    ref: str | None = None  # the registry version (name:version), when served through an alias
+
+    @property
+    def merged(self) -> bool:
+        """True for a merged variant (no adapter to switch off: no router, no base route)."""
+        return self.variant != ADAPTER
 
     @property
     def run_dir(self) -> Path:
@@ -72,35 +85,75 @@ class RunSpec:
         return (m.name, m.dtype, m.revision)
 
 
-Target = Path | tuple[Path, str]  # a run folder, or (run folder, adapter content hash it must have)
+# A run folder; (run folder, adapter content hash it must have); or a registry version (Pin).
+Target = Path | tuple[Path, str] | Pin
 
 
-def read_target(target: Target) -> RunSpec:
-    """:func:`read_spec` on what a resolver returned; a pinned hash (a registry alias) is checked."""
+def read_target(target: Target, *, known: RunSpec | None = None) -> RunSpec:
+    """:func:`read_spec` on what a resolver returned; pinned hashes (a registry alias) are checked.
+
+    ``known``: the spec being served. When the target and the stamps of its files are unchanged it
+    is returned as is, without hashing again: a GGUF file can be gigabytes and this runs every
+    ``reload_interval_s``; any write to a served file changes its stamp and is hashed again.
+    """
     if isinstance(target, tuple):
-        return read_spec(target[0], adapter_sha256=target[1])
-    return read_spec(target)
+        target = Pin(target[0], target[1])
+    if not isinstance(target, Pin):
+        return read_spec(target)
+    variant = target.variant
+    artifact = target.artifact if variant != ADAPTER else None
+    return read_spec(target.run_dir, adapter_sha256=target.adapter_sha256, variant=variant, artifact=artifact,
+                     artifact_sha256=target.artifact_sha256, ref=target.ref, known=known)  # fmt: skip
 
 
-def read_spec(run_dir: Path, *, adapter_sha256: str | None = None) -> RunSpec:
-    """Open a run folder to serve: its resolved config (through the one run-folder reader) and adapter.
+def _file_stamp(p: Path | None) -> tuple | None:
+    if p is None or not p.is_file():
+        return None
+    st = p.stat()
+    return str(p), st.st_size, st.st_mtime_ns
 
-    ``adapter_sha256``: the content hash the registry recorded for this adapter; files that no
-    longer match it are refused, never served.
+
+def read_spec(
+    run_dir: Path,
+    *,
+    adapter_sha256: str | None = None,
+    variant: str = ADAPTER,
+    artifact: Path | None = None,
+    artifact_sha256: str | None = None,
+    ref: str | None = None,
+    known: RunSpec | None = None,
+) -> RunSpec:
+    """Open a run folder to serve: its resolved config (through the one run-folder reader), adapter and variant.
+
+    ``adapter_sha256`` / ``artifact_sha256``: the content hashes the registry recorded; files that
+    no longer match them are refused, never served. A GGUF variant needs no adapter (the file holds
+    the whole model); an int8 one is rebuilt from the adapter, so both are checked.
     """
     run = read_run_folder(run_dir)
-    adapter = run.require_adapter()
-    if adapter_sha256 is not None:
-        from ..registry.lineage import adapter_hash  # the registry's own definition of the hash
-
-        if adapter_hash(adapter) != adapter_sha256:
+    pins = (variant, adapter_sha256, artifact_sha256, ref, _file_stamp(artifact))
+    stamp = (*run.stamp(), pins)
+    if known is not None and known.stamp == stamp:
+        return known
+    if variant in (ADAPTER, "int8"):
+        adapter = run.require_adapter()
+        if adapter_sha256 is not None and adapter_hash(adapter) != adapter_sha256:
             raise ForgetlessError(f"refusing to serve {adapter}: it changed since it was registered (content hash differs)")
-    return RunSpec(run, (*run.stamp(), adapter_sha256))
+    if variant != ADAPTER:
+        artifact = check_artifact(variant, artifact, artifact_sha256)
+    return RunSpec(run, stamp, variant=variant, artifact=artifact, ref=ref)
 
 
 def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings) -> Engine:
-    """Load base + adapter + router of a run and start an engine on them."""
+    """Load base + adapter + router of a run (or its merged variant alone) and start an engine on them."""
     from peft import PeftModel
+
+    if spec.merged:
+        assert spec.artifact is not None  # read_spec checked it
+        model, tok, what = load_merged(spec.run, spec.variant, spec.artifact, allow_remote_code=settings.trust_remote_code)
+        log.info("serving %s%s: merged %s; routing, base route and drift monitor off (no adapter to switch off)",
+                 spec.run_dir, f" ({spec.ref})" if spec.ref else "", what)  # fmt: skip
+        return Engine(model, tok, adapter_name=None, router=None, metrics=metrics, max_batch=settings.max_batch,
+                      batch_window_s=settings.batch_window_s, max_queue=settings.max_queue, variant=spec.variant).start()  # fmt: skip
 
     m = spec.run.model(allow_remote_code=settings.trust_remote_code)
     tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
@@ -151,14 +204,14 @@ class Deployment:
         try:
             self._checked = time.monotonic()
             try:
-                spec = read_target(self.resolve_target())
+                spec = read_target(self.resolve_target(), known=self.spec)
             except Exception as e:  # noqa: BLE001 - keep serving the last good target
                 log.error("target did not resolve, keeping %s: %s", self.spec.run_dir, e)
                 return False
             if spec.stamp == self.spec.stamp:
                 return False
             try:
-                if spec.base_key == self.spec.base_key:
+                if not spec.merged and not self.spec.merged and spec.base_key == self.spec.base_key:
                     router = load_router(spec.run_dir)
                     self.engine.call(lambda: _swap_adapter(self.engine, spec, router)).result()
                     self.metrics.reloads.labels("adapter").inc()
@@ -170,7 +223,7 @@ class Deployment:
             except Exception as e:  # noqa: BLE001 - keep serving the last good target
                 log.error("could not load %s, keeping %s: %s", spec.run_dir, self.spec.run_dir, e)
                 return False
-            log.info("now serving %s", spec.run_dir)
+            log.info("now serving %s (%s)", spec.run_dir, spec.variant)
             self.spec, self.loaded_at = spec, time.time()
             self._watch()
             return True
@@ -180,6 +233,11 @@ class Deployment:
     def _watch(self) -> None:
         self.monitor.attach(self.engine)
         self.monitor.set_kl_alert(self.settings.kl_alert if self.settings.kl_alert is not None else run_kl_budget(self.spec.run))
+
+    @property
+    def variant(self) -> str:
+        """What is served now: ``adapter``, ``int8`` or ``gguf-<type>``."""
+        return self.spec.variant
 
     def close(self) -> None:
         """Stop the drift monitor, then the engine after its queued work."""

@@ -13,6 +13,10 @@ Fallback: when an adapter row produces NaN/inf logits, or the batched forward ra
 affected requests continue on the base model from the tokens they already have, are counted in
 ``forgetless_fallbacks_total`` and report the route ``fallback``. A failure that belongs to one
 row (its sampling settings, its stream) fails that request alone; the rest of the batch goes on.
+
+A merged deployment variant (int8, GGUF: ``adapter_name`` None) is one plain model: there is no
+adapter to switch off, so no base route, no router and no fallback. Every row runs the variant
+and reports the route ``variant``; a row whose logits go non-finite fails.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from .router import Router
 log = logging.getLogger("forgetless.serve")
 
 BASE = "__base__"  # PEFT's per-row name for "no adapter"
+VARIANT = "variant"  # the route of every request on a merged variant (no adapter, no base)
 _STOP = object()  # queue sentinel: finish what is queued before it, then stop
 
 
@@ -93,22 +98,26 @@ class Job:
 
 
 class Engine:
-    """Owns the model (a PeftModel holding one adapter) and the worker thread that runs it."""
+    """Owns the model (a PeftModel holding one adapter, or a merged variant) and the worker thread that runs it."""
 
     def __init__(
         self,
         model: Any,
         tok: PreTrainedTokenizerBase,
         *,
-        adapter_name: str,
+        adapter_name: str | None,
         router: Router | None,
         metrics: ServeMetrics,
         max_batch: int = 32,
         batch_window_s: float = 0.005,
         max_queue: int = 256,
+        variant: str = "adapter",
     ) -> None:
         self.model, self.tok = model, tok
+        self.variant = variant  # what this engine serves (adapter, int8, gguf-<type>): the response header names it
         self.adapter_name = adapter_name
+        if adapter_name is None and router is not None:
+            raise ValueError("a merged variant has no adapter to route around: serve it without a router")
         self.router = router
         self.metrics = metrics
         self.monitor: Any = None  # a DriftMonitor (serve/monitor.py) sees every finished job, if set
@@ -122,6 +131,11 @@ class Engine:
         self._cache_kw = "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
         if router is not None:
             metrics.router_threshold.set(router.threshold)
+
+    @property
+    def merged(self) -> bool:
+        """True for a merged variant: one model, no adapter to switch off and no base to fall back to."""
+        return self.adapter_name is None
 
     # --- public API (any thread) ----------------------------------------------------------------
     def start(self) -> Engine:
@@ -186,9 +200,9 @@ class Engine:
         except Exception as e:  # noqa: BLE001 - any failure of the adapter path falls back to the base
             log.exception("batch of %d failed", len(batch))
             _drop_leaked_peft_hooks(self.model)
-            retry = [(j, "exception") for j in batch if not j.finished and j.route == "adapter"]
+            retry = [(j, "exception") for j in batch if not j.finished and j.route == "adapter" and not self.merged]
             for j in batch:
-                if not j.finished and j.route != "adapter":
+                if not j.finished and (j.route != "adapter" or self.merged):
                     self._fail(j, f"generation failed: {type(e).__name__}")
         if retry:
             for j, reason in retry:
@@ -206,6 +220,11 @@ class Engine:
                         self._fail(j, f"generation failed: {type(e).__name__}")
 
     def _route(self, batch: list[Job]) -> None:
+        if self.merged:
+            # The server refuses a base request before it gets here; anything that does runs the variant.
+            for j in batch:
+                j.route = VARIANT
+            return
         auto = [j for j in batch if j.want == "auto"]
         for j in batch:
             if j.want != "auto":
@@ -230,7 +249,11 @@ class Engine:
             self.metrics.router_margin.observe(self.router.margin(j.score))
 
     def _names(self, jobs: list[Job]) -> list[str]:
-        return [self.adapter_name if j.route == "adapter" else BASE for j in jobs]
+        return [self.adapter_name if j.route == "adapter" and self.adapter_name is not None else BASE for j in jobs]
+
+    def _forward(self, names: list[str], **kw: Any) -> Any:
+        # A plain (merged) model has no adapter_names argument: it would be passed down unchecked.
+        return self.model(**kw) if self.merged else self.model(adapter_names=names, **kw)
 
     def _generate(self, jobs: list[Job]) -> list[tuple[Job, str]]:
         """Decode ``jobs`` together; returns adapter rows whose logits went NaN (for a base retry)."""
@@ -245,8 +268,8 @@ class Engine:
         rows = list(jobs)
         names = self._names(rows)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, adapter_names=names,
-                         logits_to_keep=1, **{self._cache_kw: cache})  # fmt: skip
+        out = self._forward(names, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                            logits_to_keep=1, **{self._cache_kw: cache})  # fmt: skip
         retry: list[tuple[Job, str]] = []
         while True:
             logits = out.logits[:, -1].float()
@@ -255,7 +278,9 @@ class Engine:
             next_tokens: list[int] = []
             for r, job in enumerate(rows):
                 if bad[r]:
-                    if names[r] != BASE:
+                    if self.merged:
+                        self._fail(job, "the model produced non-finite logits")
+                    elif names[r] != BASE:
                         retry.append((job, "nan"))
                     else:
                         self._fail(job, "the base model produced non-finite logits")
@@ -287,8 +312,8 @@ class Engine:
                 names = [names[r] for r in keep]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             pos = pos[:, -1:] + 1
-            out = self.model(input_ids=torch.tensor(next_tokens)[:, None], attention_mask=mask, position_ids=pos,
-                             use_cache=True, adapter_names=names, **{self._cache_kw: cache})  # fmt: skip
+            out = self._forward(names, input_ids=torch.tensor(next_tokens)[:, None], attention_mask=mask, position_ids=pos,
+                                use_cache=True, **{self._cache_kw: cache})  # fmt: skip
 
     def _sample(self, logits: torch.Tensor, job: Job) -> int:
         p = job.params
