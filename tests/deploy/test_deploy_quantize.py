@@ -211,3 +211,28 @@ def test_targets_resolve_from_registry_run_folder_or_model(tmp_path: Path, monke
     assert bare.run_dir is None and bare.variants() == ("base", "int8")
     with pytest.raises(ForgetlessError, match="no 'adapter' variant"):
         load_variant(bare, "adapter")
+
+
+def test_weight_only_bf16_keeps_the_input_dtype_and_stays_close() -> None:
+    # 32 inputs: the hand-worked 2x2 weights of the fp32 test in the first two columns, zeros after.
+    lin = torch.nn.Linear(32, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[:, :2] = torch.tensor([[1.27, -0.64], [0.254, 0.128]])
+    q = Int8WeightOnlyLinear(lin, torch.bfloat16)
+    assert q.act_dtype == torch.bfloat16 and q.scale.dtype == torch.bfloat16
+    assert q.qweight[:, :2].tolist() == [[127, -64], [127, 64]]
+    x = torch.zeros(1, 1, 32)
+    x[..., :2] = 1.0
+    got = q(x)
+    # Same values as fp32 (0.63, 0.382), to bf16's rounding of the scales (8 bits of mantissa).
+    assert got.dtype == torch.float32 and torch.allclose(got, torch.tensor([[[0.63, 0.382]]]), atol=4e-3)
+    # A width the bf16 kernel gets wrong keeps fp32 activations (and its exact values).
+    narrow = Int8WeightOnlyLinear(torch.nn.Linear(2, 2, bias=False), torch.bfloat16)
+    assert narrow.act_dtype == torch.float32
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        ref = model(ids).logits
+        out = quantize_int8(model, scheme="weight-only-bf16")(ids).logits
+    assert torch.allclose(out, ref, atol=0.05), (out - ref).abs().max()

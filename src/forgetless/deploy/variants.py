@@ -101,8 +101,8 @@ def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
 def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME) -> PreTrainedModel:
     """Quantize the ``nn.Linear`` layers of an fp32 model to int8 (``scheme``: see :mod:`.int8_schemes`).
 
-    ``torch``: ``weight-only`` swaps in :class:`~.int8_weight_only.Int8WeightOnlyLinear` (fp32
-    activations); the dynamic schemes use ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn
+    ``torch``: ``weight-only`` (fp32 activations) and ``weight-only-bf16`` (bf16 activations) swap in
+    :class:`~.int8_weight_only.Int8WeightOnlyLinear`; the dynamic schemes use ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn
     kernels, no extra package). Both return a copy. ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via
     ``torchao.quantization.quantize_`` (per-channel weights by construction), editing in place.
     ``scheme`` is one of :data:`INT8_SCHEMES`.
@@ -110,12 +110,13 @@ def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = 
     if scheme not in INT8_SCHEMES:
         raise ForgetlessError(f"unknown int8 scheme '{scheme}' (choose from {', '.join(INT8_SCHEMES)})")
     keep_head = scheme.endswith("fp32-head")
-    if backend == "torch" and scheme == "weight-only":
+    if backend == "torch" and scheme in ("weight-only", "weight-only-bf16"):
         import copy
 
         from .int8_weight_only import quantize_weight_only
 
-        return quantize_weight_only(copy.deepcopy(model))  # a copy, like quantize_dynamic
+        act = torch.bfloat16 if scheme == "weight-only-bf16" else torch.float32
+        return quantize_weight_only(copy.deepcopy(model), act)  # a copy, like quantize_dynamic
     if backend == "torch":
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
@@ -132,7 +133,7 @@ def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = 
     if backend == "torchao":
         if importlib.util.find_spec("torchao") is None:
             raise ForgetlessError("the torchao int8 backend needs the torchao package: pip install torchao")
-        if scheme in ("per-tensor", "weight-only"):
+        if scheme in ("per-tensor", "weight-only", "weight-only-bf16"):
             raise ForgetlessError(f"the torchao int8 backend is wired for dynamic per-channel schemes only, not {scheme}")
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
