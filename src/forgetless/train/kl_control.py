@@ -8,7 +8,9 @@ target just under the budget, as PPO's adaptive KL controller does for a KL targ
 - every optimizer step it reads the KL on that step's replay rows (a free by-product of the KL
   term), smooths it with an exponential moving average, and moves ``log(weight)`` by
   ``gain * clip(ema / target - 1)``: up while the drift runs above the target, down while there
-  is room. In log space, so the weight stays positive and a factor of 2 costs the same either way.
+  is room, but never down before the drift has first reached the target (the low drift of an
+  untrained adapter is not room). In log space, so the weight stays positive and a factor of 2
+  costs the same either way.
 - the per-step signal is measured on replay rows, the budget on general prompts at evaluation.
   At each evaluation the controller records their ratio and aims the replay signal at the value
   that corresponds to the budget's KL on the general prompts (``calibrate``).
@@ -43,6 +45,7 @@ class KLControlState:
     ratio: float = 1.0  # replay KL / general KL at the last evaluation that could measure it
     updates: int = 0  # optimizer steps that had replay rows
     last_signal: float | None = None  # the last step's replay KL (mean over its micro-batches)
+    reached: bool = False  # the smoothed signal has reached the target at least once
 
 
 @dataclass
@@ -108,6 +111,12 @@ class KLController:
         s.last_signal = signal
         s.ema = signal if s.ema is None else self.beta * s.ema + (1.0 - self.beta) * signal
         error = max(-self.max_error, min(self.max_error, s.ema / self.target - 1.0))
+        s.reached = s.reached or error >= 0
+        if not s.reached:
+            # Early in training the drift is low because nothing has been learned yet, not because
+            # there is room: lowering the weight then (seen on a new domain: 1 -> 0.45 by step 10)
+            # left the drift to jump to 15x the budget when learning began.
+            error = max(error, 0.0)
         lo, hi = math.log(self.min_weight), math.log(self.max_weight)
         s.log_weight = max(lo, min(hi, s.log_weight + self.gain * error))
         s.updates += 1
