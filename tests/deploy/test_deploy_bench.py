@@ -53,7 +53,7 @@ def test_cli_bench_writes_json_and_skips_nf4_on_cpu(run: Path) -> None:
     by = {x["variant"]: x for x in res["results"]}
     assert "CUDA" in by["nf4"]["skipped"]
     assert by["int8"]["int8_backend"] == "torch"
-    assert by["int8"]["int8_scheme"] == "per-channel"  # bench times the fast dynamic scheme by default
+    assert by["int8"]["int8_scheme"] == "weight-only-bf16"  # bench times the scheme quantize gates
     assert [row["concurrency"] for row in by["int8"]["rows"]] == [1, 2]
     assert all(math.isfinite(row["tokens_per_s"]) for row in by["int8"]["rows"])
     assert "int8" in r.output and "skipped" in r.output

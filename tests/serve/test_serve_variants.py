@@ -58,7 +58,7 @@ def _complete(client: TestClient, model: str) -> tuple[int, dict, dict]:
 
 def test_promoted_int8_variant_is_served_and_hot_swapped(tmp_path: Path) -> None:
     run = make_run_folder(tmp_path / "run")
-    assert quantize_and_gate(run).passed  # weight-only, the default scheme, recorded in quant_info.json
+    assert quantize_and_gate(run).passed  # weight-only-bf16, the default scheme, recorded in quant_info.json
     reg = Registry()
     plain, _ = reg.register(run, "m")
     q, _ = reg.register(run, "m", variant="int8")

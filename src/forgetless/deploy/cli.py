@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
         threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")] = 0,
         int8_backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
-        int8_scheme: Annotated[str, typer.Option(help=f"int8 scheme timed: {SCHEMES_HELP} (default: the fast dynamic one; `quantize` gates weight-only).")] = BENCH_INT8_SCHEME,
+        int8_scheme: Annotated[str, typer.Option(help=f"int8 scheme timed: {SCHEMES_HELP} (default: weight-only-bf16, the scheme `quantize` gates).")] = BENCH_INT8_SCHEME,
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results here (default: <run>/deploy/bench.json).")] = None,
         trust_remote_code: TrustOpt = False,
     ) -> None:
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
     def quantize(
         run_dir: Annotated[Path, typer.Argument(help="A finished run folder.")],
         backend: Annotated[str, typer.Option(help="torch (quantize_dynamic) or torchao.")] = "torch",
-        scheme: Annotated[str, typer.Option(help=f"int8 scheme gated: {SCHEMES_HELP} (default: weight-only, int8 weights and fp32 activations, the one that passes).")] = DEFAULT_INT8_SCHEME,
+        scheme: Annotated[str, typer.Option(help=f"int8 scheme gated: {SCHEMES_HELP} (default: weight-only-bf16: int8 weights, bf16 activations; weight-only keeps fp32 activations for CPUs without fast bf16).")] = DEFAULT_INT8_SCHEME,
         max_kl_increase: Annotated[float, typer.Option(min=0, help="Most the general KL to base may rise over fp32 (nats/token).")] = 0.01,
         max_domain_drop: Annotated[float, typer.Option(min=0, help="Most the primary domain metric may fall below fp32.")] = 0.02,
         general_limit: Annotated[Optional[int], typer.Option(min=0, help="General prompts to use (default: the run's eval.general_limit).")] = None,
