@@ -236,3 +236,10 @@ def test_weight_only_bf16_keeps_the_input_dtype_and_stays_close() -> None:
         ref = model(ids).logits
         out = quantize_int8(model, scheme="weight-only-bf16")(ids).logits
     assert torch.allclose(out, ref, atol=0.05), (out - ref).abs().max()
+
+
+def test_inplace_quantization_keeps_no_fp32_copy() -> None:
+    model = tiny_model()
+    q = quantize_int8(model, inplace=True)
+    assert q is model  # the same object, its Linear layers replaced: no second fp32 model at the peak
+    assert all(type(m) is not torch.nn.Linear for m in model.modules())

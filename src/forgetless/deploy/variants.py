@@ -98,14 +98,16 @@ def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
     return load_tokenizer(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
 
 
-def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME) -> PreTrainedModel:
+def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME, *, inplace: bool = False) -> PreTrainedModel:
     """Quantize the ``nn.Linear`` layers of an fp32 model to int8 (``scheme``: see :mod:`.int8_schemes`).
 
     ``torch``: ``weight-only`` (fp32 activations) and ``weight-only-bf16`` (bf16 activations) swap in
     :class:`~.int8_weight_only.Int8WeightOnlyLinear`; the dynamic schemes use ``torch.ao.quantization.quantize_dynamic`` (fbgemm/onednn
-    kernels, no extra package). Both return a copy. ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via
+    kernels, no extra package). Both return a copy unless ``inplace``. ``torchao``: ``Int8DynamicActivationInt8WeightConfig`` via
     ``torchao.quantization.quantize_`` (per-channel weights by construction), editing in place.
-    ``scheme`` is one of :data:`INT8_SCHEMES`.
+    ``scheme`` is one of :data:`INT8_SCHEMES`. ``inplace``: quantize ``model`` itself (torch backend),
+    for a caller that has no use for the fp32 model after: a copy would hold a second fp32 model
+    at the peak.
     """
     if scheme not in INT8_SCHEMES:
         raise ForgetlessError(f"unknown int8 scheme '{scheme}' (choose from {', '.join(INT8_SCHEMES)})")
@@ -116,7 +118,7 @@ def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = 
         from .int8_weight_only import quantize_weight_only
 
         act = torch.bfloat16 if scheme == "weight-only-bf16" else torch.float32
-        return quantize_weight_only(copy.deepcopy(model), act)  # a copy, like quantize_dynamic
+        return quantize_weight_only(model if inplace else copy.deepcopy(model), act)
     if backend == "torch":
         from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
@@ -129,7 +131,7 @@ def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = 
             # torch marks eager-mode quantization deprecated in favour of torchao; it still ships
             # and is the one int8 path that needs no extra package.
             warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
+            return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=inplace)
     if backend == "torchao":
         if importlib.util.find_spec("torchao") is None:
             raise ForgetlessError("the torchao int8 backend needs the torchao package: pip install torchao")
@@ -224,7 +226,7 @@ def load_variant(
         if variant in ("merged", "int8"):
             model = model.merge_and_unload()
     if variant == "int8":
-        model = quantize_int8(model, int8_backend, int8_scheme)
+        model = quantize_int8(model, int8_backend, int8_scheme, inplace=True)  # the fp32 model is ours alone
     if device != "cpu":
         model.to(device)
     model.eval()
