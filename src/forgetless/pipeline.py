@@ -100,7 +100,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     step("report")
     summary = make_summary(cfg, sel, trained, export_dir, router_info, time.time() - t_start, selected_eval)
     write_reports(cfg, run_dir, trained.history, summary, scale_curve, report_sections(selected_eval, trained.history))
-    served_report(cfg, run_dir, console)  # opt-in (eval.served_report): router + adapter + base scored as served
+    served_report(cfg, run_dir, console)  # eval.served_report: router + adapter + base scored as served
     print_table(console, trained.history, summary)
     console.print(f"run folder: {run_dir} (report.md, report.html, curves.png, adapter/)")
     return summary

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from forgetless import artifacts
+from forgetless.evaluate.config import EvalConfig
 from forgetless.evaluate.served import add_served_section, evaluate_served, served_markdown, served_report
 from forgetless.runfolder import read_run_folder
 from forgetless.serve.router import load_router
@@ -94,7 +95,7 @@ def test_report_section_is_appended_once(run):
     assert "served" in served_markdown(json.loads((run / artifacts.SERVED_JSON).read_text()))
 
 
-def test_served_report_is_opt_in(run, tmp_path):
+def test_served_report_is_on_by_default_and_can_be_turned_off(run, tmp_path):
     import io
 
     from rich.console import Console
@@ -103,8 +104,9 @@ def test_served_report_is_opt_in(run, tmp_path):
     console = Console(file=io.StringIO())
     (run / artifacts.SERVED_JSON).unlink(missing_ok=True)
     before = (run / artifacts.REPORT_MD).read_text()
-    assert cfg.eval.served_report is False  # the default: the pipeline does not reload the model for it
-    assert served_report(cfg, run, console) is None
+    assert EvalConfig().served_report is True  # the default: every run reports the served system
+    off = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"served_report": False})})
+    assert served_report(off, run, console) is None
     assert not (run / artifacts.SERVED_JSON).exists() and (run / artifacts.REPORT_MD).read_text() == before
 
     on = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"served_report": True})})

@@ -17,7 +17,7 @@ from forgetless.pipeline import run_pipeline
 from forgetless.train.callbacks import EvalScheduleCallback
 
 # The exact files a LoRA run writes at its top level (litgpt-style: a new file is a conscious change).
-RUN_FILES = {A.RESOLVED_CONFIG, A.RUN_INFO, A.METRICS, A.CHECKPOINTS_DIR, A.TENSORBOARD_DIR, A.CURVES_PNG, A.REPORT_MD, A.SUMMARY, A.ADAPTER_DIR, A.SCALE_CURVE, A.ROUTER, A.ROUTER_INFO, A.REPORT_HTML}
+RUN_FILES = {A.RESOLVED_CONFIG, A.RUN_INFO, A.METRICS, A.CHECKPOINTS_DIR, A.TENSORBOARD_DIR, A.CURVES_PNG, A.REPORT_MD, A.SUMMARY, A.ADAPTER_DIR, A.SCALE_CURVE, A.ROUTER, A.ROUTER_INFO, A.REPORT_HTML, A.SERVED_JSON}
 CHECKPOINT_FILES = {
     A.CHECKPOINT_COMPLETE, "README.md", "adapter_config.json", "adapter_model.safetensors",
     "optimizer.pt", "rng_state.pth", "scheduler.pt", "trainer_state.json", "training_args.bin",

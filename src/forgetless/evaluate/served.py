@@ -234,11 +234,8 @@ def add_served_section(run_dir: Path, *, console: Any = None, rep: dict[str, Any
 
 
 def served_report(cfg: Any, run_dir: Path, console: Any) -> dict[str, Any] | None:
-    """The pipeline's served-system step: :func:`add_served_section` when ``eval.served_report`` is on.
-
-    Off by default (it loads the model again and scores every suite on both sides);
-    ``forgetless eval --served RUN`` gives the same section for a finished run.
-    """
+    """The pipeline's served-system step: :func:`add_served_section` when ``eval.served_report`` is on
+    (the default); ``forgetless eval --served RUN`` gives the same section for a finished run."""
     if not cfg.eval.served_report:
         return None
     if not (Path(run_dir) / artifacts.ADAPTER_DIR / "adapter_config.json").exists():
