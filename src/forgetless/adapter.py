@@ -2,13 +2,19 @@
 
 The base is the same weights with the adapter disabled: no second copy is ever in memory. The
 evaluator (base scores), the KL-to-base term, the serving router (out-of-domain queries) and the
-pipeline's router calibration all go through :func:`adapter_off`.
+pipeline's router calibration all go through :func:`adapter_off`. Loading a finished run's
+adapter onto its base (with the run's own tokenizer) is :func:`attach_run_adapter`, for serve,
+evaluate and deploy alike.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model_config import ModelConfig
 
 
 def is_peft(model: Any) -> bool:
@@ -20,3 +26,23 @@ def adapter_off(model: Any) -> AbstractContextManager[Any]:
     """Context in which ``model`` runs as its base: the adapter disabled for a PEFT model (a flag,
     no copy); a plain model already is its base."""
     return model.disable_adapter() if is_peft(model) else nullcontext()
+
+
+def run_tokenizer(adapter_dir: Path | None, model: ModelConfig) -> Any:
+    """A run's tokenizer: the adapter folder's own if it holds one (a tokens-stage run's extended
+    vocabulary lives there), else the base model's."""
+    from .models import load_tokenizer
+
+    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").exists():
+        return load_tokenizer(str(adapter_dir))
+    return load_tokenizer(model.name, trust_remote_code=model.trust_remote_code, revision=model.revision)
+
+
+def attach_run_adapter(base: Any, adapter_dir: Path, tok: Any, *, adapter_name: str = "default") -> Any:
+    """``base`` with a run's adapter loaded (eval mode, not trainable). A tokens-stage run added
+    vocabulary: the embeddings grow to the tokenizer first, or the adapter's saved rows do not fit."""
+    from peft import PeftModel
+
+    if len(tok) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tok))
+    return PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name, is_trainable=False).eval()

@@ -136,8 +136,11 @@ def resolve_model(name: str) -> str:
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False, revision: str | None = None) -> PreTrainedTokenizerBase:
-    """Load the tokenizer; pad token falls back to EOS (causal LMs rarely define one)."""
-    tok = AutoTokenizer.from_pretrained(resolve_model(name), trust_remote_code=trust_remote_code, revision=revision)
+    """Load the tokenizer of a model (name, folder or hub id) or a tokenizer-only folder (an adapter
+    saved with its extended vocabulary); pad token falls back to EOS (causal LMs rarely define one)."""
+    folder = Path(name).expanduser()
+    src = str(folder.resolve()) if (folder / "tokenizer_config.json").is_file() else resolve_model(name)
+    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, revision=revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

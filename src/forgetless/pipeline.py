@@ -310,7 +310,7 @@ def train(
     recorder.close()
     stopped_at = fl.stopper.stopped_at
     if stopped_at is not None:
-        console.print(f"[yellow]early stop at step {stopped_at}: {cfg.train.patience} evaluations in a row outside the budget[/]")
+        console.print(f"[yellow]early stop at step {stopped_at}: {cfg.train.patience} evaluations in a row outside the budget, the drift not coming back[/]")
     history = sorted(recorder.read(), key=lambda h: h["step"])
     return Trained(history, stopped_at, train_s, judge, trainer.is_world_process_zero())
 
@@ -322,7 +322,9 @@ def export_selection(cfg: RunConfig, model: torch.nn.Module, tok: Any, sel: Sele
         return None
     ckpt = cfg.run_dir / A.CHECKPOINTS_DIR / f"checkpoint-{sel.step}"
     dest = cfg.run_dir / (A.ADAPTER_DIR if cfg.lora.mode == "lora" else A.MODEL_DIR)
-    copy_checkpoint(ckpt, dest, tok, full=cfg.lora.mode == "full")
+    # With domain tokens the adapter's saved rows index the extended vocabulary: its tokenizer goes
+    # with it, so serve, evaluate --served and deploy load the pair from adapter/ alone.
+    copy_checkpoint(ckpt, dest, tok, full=cfg.lora.mode == "full", with_tokenizer=extension is not None)
     if is_peft(model):
         bake_scale(dest, sel.scale)
     if extension is not None:

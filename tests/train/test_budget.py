@@ -26,6 +26,26 @@ def test_early_stop_after_patience_consecutive() -> None:
     assert _run_stopper([False, True], patience=1) == 2
 
 
+def test_drift_coming_back_does_not_count_towards_patience() -> None:
+    """The quillmark sequence against a 0.05 budget: 0.090, 0.087, 0.057. The third is outside but
+    34% below the second (>= 10%): it does not count, so patience 3 does not stop the run."""
+    def run(kls: list[float]) -> int | None:
+        cb = BudgetStopCallback(3)
+        state, control = TrainerState(), TrainerControl()
+        args = TrainingArguments(output_dir="/tmp/unused", report_to="none")
+        for step, kl in enumerate(kls, start=1):
+            state.global_step = step
+            control = cb.on_evaluate(args, state, control, metrics={"budget/outside": float(kl > 0.05), "general/kl": kl})
+            if control.should_training_stop:
+                return step
+        return None
+
+    assert run([0.090, 0.087, 0.057]) is None
+    assert run([0.090, 0.087, 0.080]) == 3  # 0.080 is 8% below 0.087: no progress, it counts
+    assert run([0.090, 0.087, 0.057, 0.055]) == 4  # 0.055 is 3.5% below 0.057: the third count
+    assert run([0.090, 0.087, 0.057, 0.04, 0.09, 0.085]) is None  # inside at 0.04 resets the run
+
+
 HISTORY = [
     {"step": 0, "general/kl": 0.0, "domain/qa_recall": 0.10},
     {"step": 10, "general/kl": 0.03, "domain/qa_recall": 0.40},

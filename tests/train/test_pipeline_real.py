@@ -43,3 +43,14 @@ def test_real_model_with_domain_tokens(tmp_path: Path) -> None:
     assert summary["router"]["calibration_auroc"] > 0.5
     run_info = json.loads((run / A.RUN_INFO).read_text())
     assert run_info["tokenizer_extended"] and run_info["tokenizer_extended"] != run_info["hashes"]["tokenizer"]
+    # Serving and the served-system report load the adapter with the run's own (extended) tokenizer
+    # and grow the base's embeddings to fit it; with the base tokenizer the adapter's rows do not fit.
+    from forgetless.adapter import attach_run_adapter, run_tokenizer
+    from forgetless.models import load_model
+
+    tok = run_tokenizer(run / A.ADAPTER_DIR, cfg.model)
+    assert len(tok) == info["new_vocab"]
+    served = attach_run_adapter(load_model(cfg.model.name), run / A.ADAPTER_DIR, tok)
+    assert served.get_input_embeddings().weight.shape[0] >= info["new_vocab"]
+    assert json.loads((run / A.SERVED_JSON).read_text())["scores"]  # the run's own served report ran on it
+    assert (run / A.ADAPTER_DIR / "tokenizer_config.json").exists()  # the adapter travels with its vocabulary

@@ -90,12 +90,9 @@ def resolve_target(target: str, *, db_path: Path | None = None, allow_remote_cod
 
 def load_target_tokenizer(t: Target) -> PreTrainedTokenizerBase:
     """The run's tokenizer: the adapter folder's own (extended vocabulary) if it has one, else the base's."""
-    from ..models import load_tokenizer
+    from ..adapter import run_tokenizer
 
-    a = t.adapter_dir
-    if a is not None and (a / "tokenizer_config.json").exists():
-        return load_tokenizer(str(a))
-    return load_tokenizer(t.base_model, trust_remote_code=t.model.trust_remote_code, revision=t.model.revision)
+    return run_tokenizer(t.adapter_dir, t.model)
 
 
 def quantize_int8(model: PreTrainedModel, backend: str = "torch", scheme: str = DEFAULT_INT8_SCHEME, *, inplace: bool = False) -> PreTrainedModel:
@@ -188,14 +185,10 @@ def load_base_4bit(name: str, *, trust_remote_code: bool = False, revision: str 
 
 
 def _attach_adapter(base: PreTrainedModel, t: Target, tok: PreTrainedTokenizerBase) -> PreTrainedModel:
-    from peft import PeftModel
+    from ..adapter import attach_run_adapter
 
-    # A tokens-stage run adds vocabulary: grow the embeddings first so the adapter's saved rows fit.
-    if len(tok) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tok))
-    model = PeftModel.from_pretrained(base, str(t.adapter_dir))
-    model.eval()
-    return model
+    assert t.adapter_dir is not None
+    return attach_run_adapter(base, t.adapter_dir, tok)
 
 
 def load_variant(

@@ -62,9 +62,8 @@ def _triple(base: Score, adapter: Score, served: Score, *, higher_is_better: boo
 def evaluate_served(run_dir: Path, *, batch_size: int | None = None, general_suites: bool = True, console: Any = None,
                     allow_remote_code: bool = False) -> dict[str, Any]:  # fmt: skip
     """Score a run folder's routed system (see the module docstring). Returns what ``served.json`` holds."""
-    from peft import PeftModel
-
-    from ..models import load_model, load_tokenizer, tokenizer_fingerprint, weights_fingerprint
+    from ..adapter import attach_run_adapter, run_tokenizer
+    from ..models import load_model, tokenizer_fingerprint, weights_fingerprint
     from ..serve.router import load_router
     from ..serve.routereval import heldout_general, load_neighbours, route_scores, router_report
     from . import precision as prec
@@ -80,9 +79,9 @@ def evaluate_served(run_dir: Path, *, batch_size: int | None = None, general_sui
     say = console.print if console is not None else (lambda *_a, **_k: None)
 
     m = run.model(allow_remote_code=allow_remote_code)
-    tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    tok = run_tokenizer(adapter_dir, m)  # a tokens-stage run's extended vocabulary is the adapter's
     base = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
-    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False).eval()
+    model = attach_run_adapter(base, adapter_dir, tok)
     router = load_router(run_dir)
     precision = prec.resolve(cfg.eval.precision, "cpu" if not torch.cuda.is_available() else "cuda")
     if torch.cuda.is_available():

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from ..errors import ForgetlessError
 from ..hashing import adapter_hash
-from ..models import load_model, load_tokenizer
+from ..adapter import attach_run_adapter, run_tokenizer
+from ..models import load_model
 from ..runfolder import RunFolder, read_run_folder
 from .engine import Engine
 from .metrics import ServeMetrics
@@ -145,8 +146,6 @@ def read_spec(
 
 def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings) -> Engine:
     """Load base + adapter + router of a run (or its merged variant alone) and start an engine on them."""
-    from peft import PeftModel
-
     if spec.merged:
         assert spec.artifact is not None  # read_spec checked it
         model, tok, what = load_merged(spec.run, spec.variant, spec.artifact, allow_remote_code=settings.trust_remote_code)
@@ -156,11 +155,10 @@ def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings)
                       batch_window_s=settings.batch_window_s, max_queue=settings.max_queue, variant=spec.variant).start()  # fmt: skip
 
     m = spec.run.model(allow_remote_code=settings.trust_remote_code)
-    tok = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    tok = run_tokenizer(spec.adapter_dir, m)  # a tokens-stage run's extended vocabulary is the adapter's
     base = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
     name = f"run{next(_names)}"
-    model = PeftModel.from_pretrained(base, str(spec.adapter_dir), adapter_name=name, is_trainable=False)
-    model.eval()
+    model = attach_run_adapter(base, spec.adapter_dir, tok, adapter_name=name)
     router = load_router(spec.run_dir)
     log.info("serving %s (base %s, adapter %s, router %s)", spec.run_dir, m.name, name, router.method if router else "none")
     return Engine(model, tok, adapter_name=name, router=router, metrics=metrics, max_batch=settings.max_batch,

@@ -74,8 +74,9 @@ def find_resume_point(ckpt_dir: Path, recorder: MetricsRecorder, console: Consol
     return str(last)
 
 
-def copy_checkpoint(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> None:
-    """Copy a checkpoint's weights into ``dest``, atomically."""
+def copy_checkpoint(checkpoint: Path, dest: Path, tok: Any, *, full: bool, with_tokenizer: bool = False) -> None:
+    """Copy a checkpoint's weights into ``dest``, atomically; the tokenizer too for a full model or
+    when ``with_tokenizer`` (an adapter trained on added vocabulary is unusable without it)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -83,7 +84,7 @@ def copy_checkpoint(checkpoint: Path, dest: Path, tok: Any, *, full: bool) -> No
     for name in wanted:
         if (checkpoint / name).exists():
             shutil.copy2(checkpoint / name, tmp / name)
-    if full:
+    if full or with_tokenizer:
         tok.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
