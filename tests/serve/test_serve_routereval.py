@@ -12,7 +12,7 @@ import pytest
 
 import forgetless
 from forgetless.serve.router import Router
-from forgetless.serve.routereval import format_router_report, load_neighbours, router_report, wilson_interval
+from forgetless.serve.routereval import format_router_report, load_neighbours, route_scores, router_report, wilson_interval
 
 DATA = Path(forgetless.__file__).parent / "serve" / "data"
 
@@ -56,3 +56,13 @@ def test_neighbour_sets_are_shipped_distinct_and_regenerate_byte_for_byte(tmp_pa
     subprocess.run([sys.executable, str(DATA / "make_neighbours.py"), str(tmp_path)], check=True, capture_output=True)
     for f in ("neighbour_vet.v1.jsonl", "neighbour_legal.v1.jsonl"):
         assert (tmp_path / f).read_bytes() == (DATA / f).read_bytes()
+
+
+def test_route_scores_of_no_texts_is_empty():
+    # The router is never called: a run without multiple-choice items routes an empty MC set.
+    class Unused:
+        def score(self, *a, **k):
+            raise AssertionError("router called on an empty set")
+
+    out = route_scores(Unused(), None, None, [])
+    assert out.shape == (0,) and out.dtype == np.float64

@@ -81,6 +81,8 @@ def heldout_general(exclude: Sequence[str] = ()) -> list[str]:
 def route_scores(router: Router, model: Any, tok: Any, texts: Sequence[str], *, system_prompt: str | None = None,
                  batch_size: int = 32) -> np.ndarray:  # fmt: skip
     """Router score of each text sent as one user message (with the run's system prompt, if any), as the server scores it."""
+    if not texts:
+        return np.empty(0, dtype=np.float64)  # e.g. a run with QA items but no multiple choice
     msgs = [([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": t}] for t in texts]
     prompts = [encode_chat(tok, m) for m in msgs]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
