@@ -265,18 +265,19 @@ def test_plain_trainer_evaluation_steps_reach_its_tensorboard(tiny_run: Path, ti
     )  # fmt: skip
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(out / "tb"))
     trainer = Trainer(model=model, args=args, train_dataset=ds, eval_dataset=ds, processing_class=tok, data_collator=PackedCollator(0))
-    trainer.add_callback(ForgetlessCallback(trainer, eval_qa=tiny_run / "qa.jsonl", eval=_eval(tiny_run), budget={"general_kl": 1e-9}, patience=2))
+    # Patience 1: the first evaluation outside a 1e-9 budget stops training. (With patience 2 the
+    # tiny model's drift sometimes falls 10% between evaluations, which does not count.)
+    trainer.add_callback(ForgetlessCallback(trainer, eval_qa=tiny_run / "qa.jsonl", eval=_eval(tiny_run), budget={"general_kl": 1e-9}, patience=1))
     trainer.train()
-    # Evaluations at 2 and 4 are both outside a 1e-9 budget: patience 2 stops at step 4.
-    assert trainer.state.global_step == 4
+    assert trainer.state.global_step == 2
     ours = [h for h in trainer.state.log_history if "eval_general/kl" in h]
-    assert [h["step"] for h in ours] == [0, 2, 4] and [h["eval_budget/outside"] for h in ours] == [0.0, 1.0, 1.0]
-    assert [h["step"] for h in trainer.state.log_history if "eval_loss" in h] == [2, 4]  # the trainer's own evaluation still runs
-    assert [h["step"] for h in _lines(out / A.METRICS)] == [0, 2, 4]
+    assert [h["step"] for h in ours] == [0, 2] and [h["eval_budget/outside"] for h in ours] == [0.0, 1.0]
+    assert [h["step"] for h in trainer.state.log_history if "eval_loss" in h] == [2]  # the trainer's own evaluation still runs
+    assert [h["step"] for h in _lines(out / A.METRICS)] == [0, 2]
     acc = EventAccumulator(str(out / "tb")).Reload()
     kl = acc.Scalars("eval/general/kl")  # the Trainer's loggers file eval_<name> under eval/<name>
-    assert [e.step for e in kl] == [0, 2, 4] and kl[1].value == pytest.approx(ours[1]["eval_general/kl"])
-    assert json.loads((out / A.SUMMARY).read_text())["early_stop_step"] == 4
+    assert [e.step for e in kl] == [0, 2] and kl[1].value == pytest.approx(ours[1]["eval_general/kl"])
+    assert json.loads((out / A.SUMMARY).read_text())["early_stop_step"] == 2
 
 
 def test_kl_without_replay_rows_is_refused_at_train_start(tiny_run: Path, tiny_model_dir: Path) -> None:
