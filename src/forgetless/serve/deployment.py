@@ -149,20 +149,19 @@ def build_engine(spec: RunSpec, metrics: ServeMetrics, settings: EngineSettings)
     if spec.merged:
         assert spec.artifact is not None  # read_spec checked it
         model, tok, what = load_merged(spec.run, spec.variant, spec.artifact, allow_remote_code=settings.trust_remote_code)
+        name, router = None, None
         log.info("serving %s%s: merged %s; routing, base route and drift monitor off (no adapter to switch off)",
                  spec.run_dir, f" ({spec.ref})" if spec.ref else "", what)  # fmt: skip
-        return Engine(model, tok, adapter_name=None, router=None, metrics=metrics, max_batch=settings.max_batch,
-                      batch_window_s=settings.batch_window_s, max_queue=settings.max_queue, variant=spec.variant).start()  # fmt: skip
-
-    m = spec.run.model(allow_remote_code=settings.trust_remote_code)
-    tok = run_tokenizer(spec.adapter_dir, m)  # a tokens-stage run's extended vocabulary is the adapter's
-    base = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
-    name = f"run{next(_names)}"
-    model = attach_run_adapter(base, spec.adapter_dir, tok, adapter_name=name)
-    router = load_router(spec.run_dir)
-    log.info("serving %s (base %s, adapter %s, router %s)", spec.run_dir, m.name, name, router.method if router else "none")
+    else:
+        m = spec.run.model(allow_remote_code=settings.trust_remote_code)
+        tok = run_tokenizer(spec.adapter_dir, m)  # a tokens-stage run's extended vocabulary is the adapter's
+        base = load_model(m.name, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
+        name = f"run{next(_names)}"
+        model = attach_run_adapter(base, spec.adapter_dir, tok, adapter_name=name)
+        router = load_router(spec.run_dir)
+        log.info("serving %s (base %s, adapter %s, router %s)", spec.run_dir, m.name, name, router.method if router else "none")
     return Engine(model, tok, adapter_name=name, router=router, metrics=metrics, max_batch=settings.max_batch,
-                  batch_window_s=settings.batch_window_s, max_queue=settings.max_queue).start()  # fmt: skip
+                  batch_window_s=settings.batch_window_s, max_queue=settings.max_queue, variant=spec.variant).start()  # fmt: skip
 
 
 def _swap_adapter(engine: Engine, spec: RunSpec, router: Router | None) -> None:
