@@ -6,7 +6,7 @@ import torch
 
 from forgetless.data import Example
 from forgetless.testing import tiny_model, tiny_tokenizer
-from forgetless.train.dataset import IGNORE, PackedCollator, Tokenized, build_dataset, chunk, pack, tokenize_example
+from forgetless.train.dataset import IGNORE, PackedCollator, Tokenized, build_dataset, chunk, pack, tokenize_example, ReplaySpreadSampler
 
 X = IGNORE
 # Word ids in forgetless.testing's vocabulary (checked in test_vocab_ids below).
@@ -151,3 +151,37 @@ def test_plain_frame_matches_evaluation_prompt_and_answer() -> None:
     ex = Example(messages=[{"role": "user", "content": "what is zorvanex"}, {"role": "assistant", "content": "a drug"}])
     t = tokenize_example(tok, ex)
     assert chat_prompt_ids(tok, "what is zorvanex") + answer_ids(tok, "a drug") == t.input_ids
+
+
+def _batches(order: list[int], b: int) -> list[list[int]]:
+    return [order[i : i + b] for i in range(0, len(order), b)]
+
+
+def test_replay_spread_gives_every_batch_its_share() -> None:
+    # 18 replay rows among 59 at batch 4 (the quillmark run): 15 batches, 18/15 = 1.2 per batch,
+    # so every batch holds 1 or 2 replay rows, where a shuffle leaves about a quarter with none.
+    flags = [i % 59 < 18 for i in range(59)]
+    s = ReplaySpreadSampler(flags, 4, seed=3)
+    order = list(s)
+    assert sorted(order) == list(range(59))  # a permutation: nothing dropped or repeated
+    counts = [sum(flags[i] for i in b) for b in _batches(order, 4)]
+    assert len(counts) == 15 and sum(counts) == 18
+    assert all(c in (1, 2) for c in counts)
+    assert order == list(ReplaySpreadSampler(flags, 4, seed=3))  # deterministic in (seed, epoch)
+    s.set_epoch(1)
+    assert list(s) != order and sorted(s) == list(range(59))
+
+
+def test_replay_spread_edge_cases() -> None:
+    # Fewer replay rows than batches: each batch gets at most one. More replay than domain, with a
+    # short last batch: each batch's share of its size, rounded (7/10 of 4, 4, 2: 2, 3, 2 rows).
+    # All replay / none: a plain permutation.
+    few = [i < 2 for i in range(12)]  # 3 batches of 4, 2 replay rows
+    assert [sum(few[i] for i in b) for b in _batches(list(ReplaySpreadSampler(few, 4)), 4)] in ([1, 1, 0], [1, 0, 1], [0, 1, 1])
+    many = [i >= 3 for i in range(10)]  # 7 replay, 3 domain, batches 4 + 4 + 2
+    order = list(ReplaySpreadSampler(many, 4))
+    assert sorted(order) == list(range(10))
+    assert sorted(sum(many[i] for i in b) for b in _batches(order, 4)[:2]) == [2, 3]
+    assert sum(many[i] for i in order[8:]) == 2 and len(order[8:]) == 2
+    for flags in ([True] * 5, [False] * 5):
+        assert sorted(ReplaySpreadSampler(flags, 2)) == list(range(5))

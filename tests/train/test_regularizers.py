@@ -194,3 +194,40 @@ def test_replay_rows_trained_by_kl_only(tiny_run) -> None:  # noqa: ANN001
     assert torch.isfinite(loss) and loss.item() == pytest.approx(2.0 * float(trainer._terms["kl_to_base"][-1]), rel=1e-5)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN001
+    """With a KL term every training batch holds a replay row; replay_every_batch=False shuffles."""
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import ReplaySpreadSampler
+
+    cfg = load_config(tiny_run / "cfg.yaml")
+    tok = tiny_tokenizer()
+    model = _peft()
+    # Unpacked, one row per example: 9 domain rows and 3 replay rows, so batches of 4 -> one
+    # replay row in each of the 3 batches.
+    from forgetless.train.dataset import PackedDataset, unpacked
+    from forgetless.data import tokenize_example
+
+    items = [tokenize_example(tok, Example(text=f"zorvanex is a drug made by acme {'a ' * i}")) for i in range(12)]
+    for t in items[9:]:
+        t.replay = True
+    ds = PackedDataset(unpacked(items))
+    assert [r.replay for r in ds.rows] == [False] * 9 + [True] * 3
+    rec = MetricsRecorder(cfg.run_dir / "m.jsonl", cfg.run_dir / "tb")
+    cfg.train.batch_size = 4
+    ref = GeneralReference([], [], [], [], [], [])
+    regs = Regularizers(model, kl_to_base=1.0)
+    trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu", regularizers=regs)
+    assert isinstance(trainer._get_train_sampler(), ReplaySpreadSampler)
+    assert [int(b["replay"].sum()) for b in trainer.get_train_dataloader()] == [1, 1, 1]
+    cfg.train.replay_every_batch = False
+    plain = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu", regularizers=regs)
+    assert not isinstance(plain._get_train_sampler(), ReplaySpreadSampler)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..train.dataset import IGNORE, PackedCollator
+from ..train.dataset import IGNORE, PackedCollator, PackedDataset, ReplaySpreadSampler
 from ..train.kl_control import KLController
 from ..train.regularizers import Regularizers, global_token_mean
 
@@ -75,6 +75,9 @@ class ForgetlessLossMixin:
     - ``kl_controller``: a :class:`KLController` that steers the KL weight towards the budget
       (``kl_to_base`` is then only its starting weight). It reads each step's replay KL, its state
       goes into every checkpoint (``kl_control.json``) and is restored on resume.
+    - ``replay_every_batch``: with a KL term, spread the replay rows over the batches
+      (:class:`ReplaySpreadSampler`) instead of the parent's shuffle, so no step trains on domain
+      rows without the KL term.
 
     Terms are added when gradients are on (training), not to evaluation losses.
     """
@@ -89,15 +92,20 @@ class ForgetlessLossMixin:
         replay_ce: bool = False,
         regularizers: Regularizers | None = None,
         kl_controller: KLController | None = None,
+        replay_every_batch: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
-        self._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller)
+        self._init_forgetless(
+            kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller,
+            replay_every_batch=replay_every_batch,
+        )  # fmt: skip
 
     def _init_forgetless(
         self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None,
-        kl_controller: KLController | None = None,
+        kl_controller: KLController | None = None, replay_every_batch: bool = True,
     ) -> None:  # fmt: skip
+        self.replay_every_batch = replay_every_batch
         if regularizers is None and (kl_to_base or l2sp or ewc):
             # After the parent's init: TRL wraps the model in PEFT there, and the terms need the final model.
             regularizers = Regularizers(self.model, kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher)  # type: ignore[attr-defined]
@@ -134,6 +142,14 @@ class ForgetlessLossMixin:
         cols = self._signature_columns  # type: ignore[attr-defined]
         if REPLAY not in cols:
             self._signature_columns = [*cols, REPLAY]
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """With a KL term, an order that gives every batch its share of the replay rows; else the parent's."""
+        ds = self.train_dataset if train_dataset is None else train_dataset  # type: ignore[attr-defined]
+        flags = _replay_flags(ds)
+        if not self.replay_every_batch or self.regularizers is None or not self.regularizers.kl_weight or not flags or not any(flags):
+            return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
+        return ReplaySpreadSampler(flags, self.args.per_device_train_batch_size, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)  # type: ignore[attr-defined]
 
     def get_train_dataloader(self) -> Any:
         """The parent's, after checking that the replay flag reached the training set."""
@@ -292,6 +308,16 @@ class ForgetlessLossMixin:
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # type: ignore[misc]
 
 
+def _replay_flags(dataset: Any) -> list[bool] | None:
+    """Each training row's replay flag: forgetless' packed rows, or a ``replay`` column."""
+    if isinstance(dataset, PackedDataset):
+        return [r.replay for r in dataset.rows]
+    cols = getattr(dataset, "column_names", None)
+    if cols is not None and REPLAY in cols:
+        return [bool(x) for x in dataset[REPLAY]]
+    return None
+
+
 class _KLControlStep(TrainerCallback):
     """Moves the KL controller once per optimizer step, after the step's micro-batches."""
 
@@ -323,6 +349,7 @@ def add_forgetting_controls(
     replay_ce: bool = False,
     regularizers: Regularizers | None = None,
     kl_controller: KLController | None = None,
+    replay_every_batch: bool = True,
 ) -> Any:
     """Give a trainer that something else built the :class:`ForgetlessLossMixin` terms, in place.
 
@@ -333,5 +360,5 @@ def add_forgetting_controls(
     """
     if not isinstance(trainer, ForgetlessLossMixin):
         trainer.__class__ = forgetless_trainer(type(trainer))
-    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller)
+    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller, replay_every_batch=replay_every_batch)
     return trainer

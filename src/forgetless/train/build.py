@@ -98,6 +98,7 @@ def build_trainer(
         regularizers=regularizers,
         # With a KL budget the budget steers the KL weight during training (train.kl_control).
         kl_controller=make_kl_controller(t, cfg.budget, kl_weight=regularizers.kl_weight) if regularizers is not None else None,
+        replay_every_batch=t.replay_every_batch,
         callbacks=[EvalScheduleCallback(every), *([callback] if callback else []), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
         optimizers=optimizers,
     )

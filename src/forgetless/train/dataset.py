@@ -177,3 +177,57 @@ def build_dataset(
     if not rows:
         raise InputError("no trainable tokens in the training data (every example is empty or fully masked)")
     return PackedDataset(rows)
+
+
+class ReplaySpreadSampler(torch.utils.data.Sampler[int]):
+    """An epoch order in which every batch holds its share of the replay rows.
+
+    A plain shuffle leaves some batches without a replay row (30% replay at batch 4: one step in
+    four), and on such a step the KL-to-base term is absent while Adam moves the adapter at full
+    LR on domain rows alone, whatever the KL weight. Here each consecutive block of
+    ``batch_size`` indices holds its size's share of the replay rows, rounded down or up (so
+    every batch has one whenever replay is at least 1 / batch_size of the rows), both groups
+    shuffled within themselves, with the batches' order shuffled too.
+
+    Deterministic in ``(seed, epoch)``: a resumed run skips into the same order. Under DDP the
+    data loader hands whole batches of this order to each rank, so each rank's batches are spread too.
+    """
+
+    def __init__(self, replay: list[bool], batch_size: int, *, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.replay = [bool(r) for r in replay]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The Trainer calls this at the start of every epoch: a new order per epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.replay)
+
+    def __iter__(self):  # noqa: ANN204
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        rep = [i for i, r in enumerate(self.replay) if r]
+        dom = [i for i, r in enumerate(self.replay) if not r]
+        rep = [rep[int(j)] for j in torch.randperm(len(rep), generator=g)]
+        dom = [dom[int(j)] for j in torch.randperm(len(dom), generator=g)]
+        n, b = len(self.replay), self.batch_size
+        nb = -(-n // b)
+        batches: list[list[int]] = []
+        ri = di = 0
+        for k in range(nb):
+            lo, hi = k * b, min(n, (k + 1) * b)
+            # The replay rows among the first m positions are floor(m * R / n): each batch gets
+            # its size's share, rounded down or up, and the shares add up to R exactly.
+            want = hi * len(rep) // n - lo * len(rep) // n
+            batches.append(rep[ri : ri + want] + dom[di : di + (hi - lo - want)])
+            ri += want
+            di += hi - lo - want
+        # The last batch may be short: it stays last, so every other batch is full.
+        head, last = batches[:-1], batches[-1:]
+        order = [head[int(j)] for j in torch.randperm(len(head), generator=g)] + last
+        for batch in order:
+            yield from batch

@@ -63,7 +63,7 @@ class KLController:
     budget: float
     initial_weight: float = 1.0
     min_weight: float = 0.05
-    max_weight: float = 20.0
+    max_weight: float = 100.0
     target_fraction: float = 0.8
     gain: float = 0.2
     max_error: float = 0.5
