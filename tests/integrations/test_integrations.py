@@ -187,11 +187,13 @@ def test_same_metrics_as_forgetless_run(tiny_run: Path, kind: str) -> None:
     user = _lines(tiny_run / kind / A.METRICS)
     assert [h["step"] for h in user] == [h["step"] for h in pipe] == [0, 3, 6]
     # Measured: the Trainer is bit-identical to the pipeline; SFTTrainer (its fused LM head sums in
-    # another order) within 4.8e-7 absolute, 1.4e-5 relative (on a per-category KL of ~1e-3).
+    # another order) within 4.8e-7 absolute on a per-category KL of ~1e-3, and 1.1e-4 relative on
+    # the controller's target (the ratio of two drifts, each carrying that noise).
+    rel = 1e-4 if kind == "trainer" else 5e-4
     for hp, hu in zip(pipe, user):
         for k, v in hp.items():
             if isinstance(v, float) and not k.startswith("time/") and math.isfinite(v):
-                assert hu[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (hp["step"], k)
+                assert hu[k] == pytest.approx(v, rel=rel, abs=1e-5), (hp["step"], k)
         assert (hu["budget/state"], hu["budget/outside"], hu["budget/violations"]) == (hp["budget/state"], hp["budget/outside"], hp["budget/violations"])
     assert any(h.get("reg/kl_to_base", 0) > 0 for h in trainer.state.log_history)
     # The steered weight and the replay KL are on both runs' evaluation lines (compared above).

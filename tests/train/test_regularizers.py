@@ -231,3 +231,44 @@ def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN00
     cfg.train.replay_every_batch = False
     plain = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu", regularizers=regs)
     assert not isinstance(plain._get_train_sampler(), ReplaySpreadSampler)
+
+
+@pytest.mark.parametrize("with_kl", [True, False])
+def test_head_chunked_loss_equals_whole_logits(tiny_run, with_kl: bool) -> None:  # noqa: ANN001
+    """train.head_chunk > 0 (LM loss and KL from hidden states, a few positions at a time) gives the
+    loss and the adapter gradients of whole logits, with and without the KL term."""
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import PackedCollator, build_dataset
+
+    tok = tiny_tokenizer()
+    ds = build_dataset(
+        tok, [Example(text="zorvanex is a drug made by acme"), Example(text="acme made a drug")], max_length=32, packing=False,
+        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
+    )  # fmt: skip
+    batch = PackedCollator(0, replay_kl_only=True)([ds[i] for i in range(len(ds))])
+    assert bool(batch["replay"].any()) and not bool(batch["replay"].all())
+    results = []
+    for chunk in (0, 3):
+        cfg = load_config(tiny_run / "cfg.yaml", [f"train.head_chunk={chunk}", "train.replay_ratio=0.5"])
+        model = _peft()
+        regs = Regularizers(model, kl_to_base=2.0) if with_kl else None
+        rec = MetricsRecorder(cfg.run_dir / f"m{chunk}.jsonl", cfg.run_dir / f"tb{chunk}")
+        trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=regs)
+        assert trainer.head_chunk == chunk
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if p.requires_grad]
+        results.append((loss.item(), grads, dict(trainer._terms)))
+    (l0, g0, t0), (l3, g3, t3) = results
+    assert l3 == pytest.approx(l0, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g3))
+    assert set(t3) == set(t0) == ({"lm_loss", "kl_to_base"} if with_kl else set())
+    if with_kl:  # the KL is ~7e-4 here: compared to float32 summation-order noise
+        assert t3["kl_to_base"][0] == pytest.approx(t0["kl_to_base"][0], abs=1e-7) and t0["kl_to_base"][0] > 1e-4

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..lmhead import chunked_ce_sum, final_hidden, lm_split
 from ..train.dataset import IGNORE, PackedCollator, PackedDataset, ReplaySpreadSampler
 from ..train.kl_control import KLController
 from ..train.regularizers import Regularizers, global_token_mean
@@ -78,6 +79,10 @@ class ForgetlessLossMixin:
     - ``replay_every_batch``: with a KL term, spread the replay rows over the batches
       (:class:`ReplaySpreadSampler`) instead of the parent's shuffle, so no step trains on domain
       rows without the KL term.
+    - ``head_chunk``: > 0 computes the language-model loss and the KL term from the final hidden
+      states, projecting that many labelled positions through the LM head at a time (under
+      activation checkpointing), so no ``rows x length x vocab`` logits exist: what a 262k
+      vocabulary needs. Plain-``Trainer`` losses only (TRL's have their own LM-head handling).
 
     Terms are added when gradients are on (training), not to evaluation losses.
     """
@@ -93,19 +98,21 @@ class ForgetlessLossMixin:
         regularizers: Regularizers | None = None,
         kl_controller: KLController | None = None,
         replay_every_batch: bool = True,
+        head_chunk: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self._init_forgetless(
             kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller,
-            replay_every_batch=replay_every_batch,
+            replay_every_batch=replay_every_batch, head_chunk=head_chunk,
         )  # fmt: skip
 
     def _init_forgetless(
         self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None,
-        kl_controller: KLController | None = None, replay_every_batch: bool = True,
+        kl_controller: KLController | None = None, replay_every_batch: bool = True, head_chunk: int = 0,
     ) -> None:  # fmt: skip
         self.replay_every_batch = replay_every_batch
+        self.head_chunk = head_chunk
         if regularizers is None and (kl_to_base or l2sp or ewc):
             # After the parent's init: TRL wraps the model in PEFT there, and the terms need the final model.
             regularizers = Regularizers(self.model, kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher)  # type: ignore[attr-defined]
@@ -172,24 +179,31 @@ class ForgetlessLossMixin:
         inputs["use_cache"] = False
         regs = self.regularizers
         parent = super().compute_loss  # type: ignore[misc]
-        if regs is None or not torch.is_grad_enabled():
+        hidden = None
+        if self.head_chunk and self._outputs_have_logits and "labels" in inputs and torch.is_grad_enabled():
+            loss, outputs, hidden = self._chunked_lm_loss(model, inputs, num_items_in_batch)
+            has_lm, logits = bool((inputs["labels"] != IGNORE).any()), None
+            if regs is None:
+                return (loss, outputs) if return_outputs else loss
+        elif regs is None or not torch.is_grad_enabled():
             return parent(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        has_lm = bool((inputs["labels"] != IGNORE).any())
-        logits = None
-        if has_lm:
-            # Only a trainer whose outputs carry logits with gradients (the plain Trainer) is asked for
-            # them; others (TRL's fused LM head) would recompute them without gradients.
-            want = return_outputs or self._outputs_have_logits
-            out = parent(model, inputs, return_outputs=want, num_items_in_batch=num_items_in_batch)
-            loss, outputs = out if want else (out, None)
-            cand = getattr(outputs, "logits", None) if outputs is not None else None
-            logits = cand if cand is not None and cand.requires_grad else None
         else:
-            # A batch of replay rows only, trained by KL alone: no language-model tokens (a mean
-            # over none would be NaN), but the forward pass is still needed for the KL term.
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            logits = outputs.logits
-            loss = logits.sum() * 0.0
+            has_lm = bool((inputs["labels"] != IGNORE).any())
+            logits = None
+            if has_lm:
+                # Only a trainer whose outputs carry logits with gradients (the plain Trainer) is asked for
+                # them; others (TRL's fused LM head) would recompute them without gradients.
+                want = return_outputs or self._outputs_have_logits
+                out = parent(model, inputs, return_outputs=want, num_items_in_batch=num_items_in_batch)
+                loss, outputs = out if want else (out, None)
+                cand = getattr(outputs, "logits", None) if outputs is not None else None
+                logits = cand if cand is not None and cand.requires_grad else None
+            else:
+                # A batch of replay rows only, trained by KL alone: no language-model tokens (a mean
+                # over none would be NaN), but the forward pass is still needed for the KL term.
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+                logits = outputs.logits
+                loss = logits.sum() * 0.0
         kl_inputs = {**inputs, "labels": kl_labels} if kl_labels is not None else inputs
         # When the LM loss is normalised by the tokens of the whole accumulated batch, the Trainer
         # no longer divides by the accumulation steps: do it for our terms, which are per micro-batch.
@@ -201,7 +215,7 @@ class ForgetlessLossMixin:
         for name, weight, term in (
             # The base forward goes through the bare model: under DDP ``model`` is the wrapper, which
             # has no ``disable_adapter`` and must not run a second, gradient-free forward per step.
-            ("kl_to_base", self.kl_weight, self._kl_to_base(model, kl_inputs, logits, replay) if regs.kl_weight else None),
+            ("kl_to_base", self.kl_weight, self._kl_to_base(model, kl_inputs, logits, replay, hidden) if regs.kl_weight else None),
             ("l2sp", regs.l2sp_weight, regs.l2sp_term(model)),
             ("ewc", regs.ewc_weight, regs.ewc_term(model)),
         ):
@@ -216,18 +230,50 @@ class ForgetlessLossMixin:
         # forward without gradients) when asked for outputs; the plain Trainer returns its logits.
         return not any(c.__module__.startswith("trl.") and "compute_loss" in vars(c) for c in type(self).__mro__)
 
-    def _kl_to_base(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor | None, replay: torch.Tensor | None) -> torch.Tensor | None:
+    def _chunked_lm_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """The parent's language-model loss, from hidden states projected ``head_chunk`` labelled
+        positions at a time. Returns ``(loss, outputs, final hidden states)``.
+
+        Normalised as the Trainer's own loss is: summed over labelled next-token positions and
+        divided by ``num_items_in_batch`` (the whole accumulated batch's count, scaled for averaging
+        across devices) when the model takes loss kwargs, else by this batch's count.
+        """
+        labels = inputs["labels"]
+        split = lm_split(self.accelerator.unwrap_model(model))  # type: ignore[attr-defined]
+        if split is None:
+            raise ValueError(f"{type(model).__name__} has no separate LM head (.model + .lm_head): set head_chunk=0 to train on whole logits")
+        fwd = {k: v for k, v in inputs.items() if k != "labels"}
+        hidden = final_hidden(model, fwd)
+        mask = labels[:, 1:] != IGNORE
+        n = mask.sum()
+        if bool(n):
+            total = chunked_ce_sum(split[1], hidden[:, :-1][mask], labels[:, 1:][mask], chunk=self.head_chunk)
+        else:
+            total = hidden.sum() * 0.0  # replay rows only: no language-model tokens, the KL term trains them
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:  # type: ignore[attr-defined]
+            loss = total / torch.as_tensor(num_items_in_batch, device=total.device)
+            if self.args.average_tokens_across_devices:  # type: ignore[attr-defined]
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)  # type: ignore[attr-defined]
+        else:
+            loss = total / n.clamp_min(1)
+        return loss, None, hidden
+
+    def _kl_to_base(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor | None, replay: torch.Tensor | None, hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:  # fmt: skip
         """KL to the base on the replay rows, as a mean over every rank's replay tokens."""
         regs = self.regularizers
         assert regs is not None
         bare = self.accelerator.unwrap_model(model)  # type: ignore[attr-defined]
         world = self.accelerator.num_processes  # type: ignore[attr-defined]
         if world == 1:
-            term = regs.kl_term(bare, inputs, logits, replay)  # type: ignore[arg-type]
-            if term is not None:
-                self._observe_kl(float(term.detach()))
+            if replay is None or not bool(replay.any()):
+                return None
+            total, n = regs.kl_sum(bare, inputs, logits, replay, tuned_hidden=hidden, chunk=self.head_chunk or 256)
+            term = total / n.clamp_min(1.0)
+            self._observe_kl(float(term.detach()))
             return term
-        total, n = regs.kl_sum(bare, inputs, logits, replay)
+        total, n = regs.kl_sum(bare, inputs, logits, replay, tuned_hidden=hidden, chunk=self.head_chunk or 256)
 
         def all_sum(t: torch.Tensor) -> torch.Tensor:
             return self.accelerator.reduce(t, reduction="sum")  # type: ignore[attr-defined]
@@ -350,6 +396,7 @@ def add_forgetting_controls(
     regularizers: Regularizers | None = None,
     kl_controller: KLController | None = None,
     replay_every_batch: bool = True,
+    head_chunk: int = 0,
 ) -> Any:
     """Give a trainer that something else built the :class:`ForgetlessLossMixin` terms, in place.
 
@@ -360,5 +407,5 @@ def add_forgetting_controls(
     """
     if not isinstance(trainer, ForgetlessLossMixin):
         trainer.__class__ = forgetless_trainer(type(trainer))
-    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller, replay_every_batch=replay_every_batch)
+    trainer._init_forgetless(kl_to_base=kl_to_base, l2sp=l2sp, ewc=ewc, fisher=fisher, replay_ce=replay_ce, regularizers=regularizers, kl_controller=kl_controller, replay_every_batch=replay_every_batch, head_chunk=head_chunk)
     return trainer

@@ -30,6 +30,20 @@ from .regularizers import Regularizers
 from .trainer import ForgetlessTrainer
 
 
+HEAD_CHUNK_FROM_VOCAB = 131072  # train.head_chunk auto: chunk the LM head from a 128k vocabulary
+HEAD_CHUNK_AUTO = 256
+
+
+def head_chunk(setting: int, model: torch.nn.Module) -> int:
+    """Positions per LM-head chunk in the training loss: ``setting``, or for -1 (auto) 256 when the
+    model's output vocabulary is at least 128k, else 0 (whole logits)."""
+    if setting >= 0:
+        return setting
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else 0
+    return HEAD_CHUNK_AUTO if vocab >= HEAD_CHUNK_FROM_VOCAB else 0
+
+
 def build_trainer(
     cfg: RunConfig,
     model: torch.nn.Module,
@@ -99,6 +113,7 @@ def build_trainer(
         # With a KL budget the budget steers the KL weight during training (train.kl_control).
         kl_controller=make_kl_controller(t, cfg.budget, kl_weight=regularizers.kl_weight) if regularizers is not None else None,
         replay_every_batch=t.replay_every_batch,
+        head_chunk=head_chunk(t.head_chunk, model),
         callbacks=[EvalScheduleCallback(every), *([callback] if callback else []), log_cb, RichProgressCallback(console, log_cb), *(extra_callbacks or [])],
         optimizers=optimizers,
     )

@@ -22,6 +22,7 @@ from peft.tuners.lora import LoraLayer
 
 from ..adapter import adapter_off, is_peft
 from ..errors import ForgetlessError
+from ..lmhead import chunked_kl_sum, final_hidden, lm_split
 from .config import TrainConfig
 from .dataset import PackedCollator, PackedDataset
 
@@ -117,11 +118,17 @@ class Regularizers:
         total, n = self.kl_sum(model, inputs, tuned_logits, replay)
         return total / n.clamp_min(1.0)
 
-    def kl_sum(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor | None, replay: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def kl_sum(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor | None, replay: torch.Tensor | None,
+        *, tuned_hidden: torch.Tensor | None = None, chunk: int = 256,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """``(summed KL(base || tuned), labelled positions)`` on the batch's replay rows (zeros if none).
 
         The rows are fed with whichever of ``position_ids`` (packed rows) and ``attention_mask``
         (padded rows) the batch has, exactly as the training forward saw them.
+        ``tuned_hidden``: the tuned model's final hidden states for the whole batch instead of
+        logits; both sides are then projected ``chunk`` labelled positions at a time
+        (:func:`forgetless.lmhead.chunked_kl_sum`), so no ``rows x length x vocab`` tensor is built.
         """
         if replay is None or not bool(replay.any()):
             zero = inputs["input_ids"].new_zeros((), dtype=torch.float32)
@@ -129,6 +136,8 @@ class Regularizers:
         rows = replay.nonzero(as_tuple=True)[0]
         fwd = {k: inputs[k][rows] for k in ("input_ids", "position_ids", "attention_mask") if inputs.get(k) is not None}
         labels = inputs["labels"][rows]
+        if tuned_hidden is not None:
+            return self._kl_sum_hidden(model, fwd, labels, tuned_hidden[rows], chunk)
         with torch.no_grad():
             if self.peft:
                 with adapter_off(model):
@@ -139,6 +148,22 @@ class Regularizers:
         # Logits at t predict token t+1: compare where the next token is a labelled (answer) token.
         mask = labels[:, 1:] != -100
         return kl_base_tuned_sum(base[:, :-1], tuned[:, :-1], mask)
+
+    def _kl_sum_hidden(self, model: torch.nn.Module, fwd: dict[str, torch.Tensor], labels: torch.Tensor, tuned_hidden: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        base_model = model if self.peft else self.base_copy
+        assert base_model is not None
+        split_tuned, split_base = lm_split(model), lm_split(base_model)
+        if split_tuned is None or split_base is None:
+            raise ValueError(f"{type(model).__name__} has no separate LM head (.model + .lm_head): train it with whole logits (no head chunking)")
+        with torch.no_grad():
+            if self.peft:
+                with adapter_off(model):
+                    base_hidden = final_hidden(model, fwd)
+            else:
+                base_hidden = final_hidden(base_model, fwd)
+        mask = labels[:, 1:] != -100
+        total = chunked_kl_sum(split_base[1], split_tuned[1], base_hidden[:, :-1][mask], tuned_hidden[:, :-1][mask], chunk=chunk)
+        return total, mask.sum().to(total.dtype)
 
     def l2sp_term(self, model: torch.nn.Module) -> torch.Tensor | None:
         """Squared distance of the trainable weights (or LoRA's effective update) to the start."""
