@@ -191,10 +191,8 @@ def test_tiny_run_over_budget_raises_the_weight_until_drift_is_back_under(tiny_r
     assert hist[breach]["budget/outside"] == 1.0
     # Outside the budget the weight climbs (checked at the evaluation after the breach)...
     assert w[breach + 1] > 10 * w[breach]
-    # ...and the drift falls, is back under the budget within two evaluations and stays there
-    # (measured: 0.0178 at the breach, 0.0155, then 0.0047 and 0.0038).
-    assert breach + 2 < len(kl) and kl[breach + 1] < kl[breach]
-    assert all(k <= 0.012 for k in kl[breach + 2 :]), (kl, w)
+    # ...and the drift comes back under the budget and stays there.
+    assert all(k <= 0.012 for k in kl[breach + 1 :]) and breach + 1 < len(kl), (kl, w)
     assert hist[-1]["budget/outside"] == 0.0
     # Every term is in metrics.jsonl: the weight, its target, the replay signal and its ratio.
     for key in ("kl_control/target", "kl_control/signal_ema", "kl_control/ratio", "train/replay_kl"):

@@ -197,7 +197,8 @@ def test_replay_rows_trained_by_kl_only(tiny_run) -> None:  # noqa: ANN001
 
 
 def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN001
-    """With a KL term every training batch holds a replay row; replay_every_batch=False shuffles."""
+    """train.replay_every_batch: with a KL term every training batch holds a replay row; off (the
+    default), the Trainer's own shuffle."""
     from forgetless.config import load_config
     from forgetless.data import Example
     from forgetless.evaluate.domain import DomainData
@@ -223,6 +224,7 @@ def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN00
     assert [r.replay for r in ds.rows] == [False] * 9 + [True] * 3
     rec = MetricsRecorder(cfg.run_dir / "m.jsonl", cfg.run_dir / "tb")
     cfg.train.batch_size = 4
+    cfg.train.replay_every_batch = True
     ref = GeneralReference([], [], [], [], [], [])
     regs = Regularizers(model, kl_to_base=1.0)
     trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu", regularizers=regs)

@@ -78,7 +78,7 @@ class ForgetlessLossMixin:
       goes into every checkpoint (``kl_control.json``) and is restored on resume.
     - ``replay_every_batch``: with a KL term, spread the replay rows over the batches
       (:class:`ReplaySpreadSampler`) instead of the parent's shuffle, so no step trains on domain
-      rows without the KL term.
+      rows without the KL term (off by default: it learned less on a measured run).
     - ``head_chunk``: > 0 computes the language-model loss and the KL term from the final hidden
       states, projecting that many labelled positions through the LM head at a time (under
       activation checkpointing), so no ``rows x length x vocab`` logits exist: what a 262k
@@ -97,7 +97,7 @@ class ForgetlessLossMixin:
         replay_ce: bool = False,
         regularizers: Regularizers | None = None,
         kl_controller: KLController | None = None,
-        replay_every_batch: bool = True,
+        replay_every_batch: bool = False,
         head_chunk: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -109,7 +109,7 @@ class ForgetlessLossMixin:
 
     def _init_forgetless(
         self, *, kl_to_base: float, l2sp: float, ewc: float, fisher: dict[str, torch.Tensor] | None, replay_ce: bool, regularizers: Regularizers | None,
-        kl_controller: KLController | None = None, replay_every_batch: bool = True, head_chunk: int = 0,
+        kl_controller: KLController | None = None, replay_every_batch: bool = False, head_chunk: int = 0,
     ) -> None:  # fmt: skip
         self.replay_every_batch = replay_every_batch
         self.head_chunk = head_chunk
@@ -395,7 +395,7 @@ def add_forgetting_controls(
     replay_ce: bool = False,
     regularizers: Regularizers | None = None,
     kl_controller: KLController | None = None,
-    replay_every_batch: bool = True,
+    replay_every_batch: bool = False,
     head_chunk: int = 0,
 ) -> Any:
     """Give a trainer that something else built the :class:`ForgetlessLossMixin` terms, in place.
