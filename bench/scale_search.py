@@ -1,11 +1,13 @@
 """Re-run the adapter-scale calibration of a finished run: budget-aimed search against the grid.
 
     PYTHONPATH=src .venv/bin/python bench/scale_search.py RUN [--search budget,grid]
+    PYTHONPATH=src .venv/bin/python bench/scale_search.py RUN --search '' --at 105:1.25,105:1.5
 
 Loads the run's resolved config, base model, checkpoints and recorded evaluations, runs
 ``calibrate_scale`` once per search mode (the same evaluator as the run: fixed domain subset,
 the cached base reference) and prints every point evaluated and the selection each mode makes.
-Nothing in the run folder is changed.
+``--at STEP:SCALE,...`` evaluates given checkpoints at given scales (above 1 too: the adapter's
+update extrapolated) with the same evaluator and budget judge. Nothing in the run folder is changed.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from forgetless import artifacts as A
 from forgetless.pipeline import base_reference, load_base, load_data, make_evaluator
 from forgetless.runfolder import read_run_folder
 from forgetless.train.budget import BudgetJudge, select
-from forgetless.train.calibrate import calibrate_scale
+from forgetless.train.calibrate import calibrate_scale, load_adapter_weights
+from peft.helpers import rescale_adapter_scale
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--search", default="budget,grid")
+    ap.add_argument("--at", default="", help="STEP:SCALE points to evaluate, comma-separated")
     args = ap.parse_args()
     console = Console()
     run = read_run_folder(args.run)
@@ -41,7 +45,15 @@ def main() -> None:
     model = PeftModel.from_pretrained(base.model, str(args.run / A.CHECKPOINTS_DIR / f"checkpoint-{first}"), is_trainable=False)
     judge = BudgetJudge(cfg.budget, evaluator.ensure_base_scores(model))
     metric = "domain/qa_recall"
-    for mode in args.search.split(","):
+    for point in filter(None, args.at.split(",")):
+        step, scale = point.split(":")
+        load_adapter_weights(model, args.run / A.CHECKPOINTS_DIR / f"checkpoint-{int(step)}")
+        t0 = time.time()
+        with rescale_adapter_scale(model, float(scale)):
+            m = judge.judged(evaluator.evaluate(model, step=int(step)))
+        console.print(f"step {step} x {scale}: general KL {m.get('general/kl', float('nan')):.4f}, {metric} {m.get(metric, float('nan')):.3f}, "
+                      f"MC {m.get('domain/mc_acc', float('nan')):.3f}, {'outside' if m.get('budget/outside', 0.0) else 'inside'} ({time.time() - t0:.0f} s)")
+    for mode in filter(None, args.search.split(",")):
         mcfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"scale_search": mode})})
         t0 = time.time()
         curve = calibrate_scale(mcfg, model, evaluator, judge, history, console)
