@@ -1,7 +1,7 @@
 """Peak RSS of a whole `forgetless run` per model and evaluation-set size.
 
     nice -n 10 .venv/bin/python bench/memory.py [--models smollm2-135m-instruct,gemma3-270m]
-        [--sizes 60,360] [--steps 2] [--out /tmp/forgetless-memory]
+        [--sizes 60,360] [--steps 2] [--out /tmp/forgetless-memory] [--extra eval.served_report=false ...]
 
 Each measurement is a fresh subprocess running ``forgetless run`` on the sample domain
 (examples/data/pharma: docs.jsonl + train_qa.jsonl), with an evaluation set of ``size`` items:
@@ -41,7 +41,7 @@ def repeated(src: Path, n: int, dest: Path) -> Path:
     return dest
 
 
-def run_once(model: str, size: int, steps: int, out: Path) -> dict[str, object]:
+def run_once(model: str, size: int, steps: int, out: Path, extra: list[str] | None = None) -> dict[str, object]:
     """One ``forgetless run`` in a child process; returns its peak RSS, wall time and exit code."""
     work = out / f"{model}-{size}"
     work.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def run_once(model: str, size: int, steps: int, out: Path) -> dict[str, object]:
     overrides = [
         f"run_dir={run_dir}", f"model.name={model}", f"data.eval_qa={qa}", f"data.eval_mc={mc}",
         f"train.max_steps={steps}", f"train.eval_every={steps}", "train.scale_sweep=[]",
-        f"data.replay={PHARMA / 'train_qa.jsonl'}", "eval.general_limit=65", "eval.general_max_new_tokens=24",
+        f"data.replay={PHARMA / 'train_qa.jsonl'}", "eval.general_limit=65", "eval.general_max_new_tokens=24", *(extra or []),
     ]  # fmt: skip
     env = dict(os.environ)
     from forgetless.cache import cache_root
@@ -79,11 +79,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="60,360")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "forgetless-memory")
+    ap.add_argument("--extra", nargs="*", default=[], help="more config overrides for every run (to split a peak by stage)")
     a = ap.parse_args()
     rows = []
     for model in a.models.split(","):
         for size in (int(s) for s in a.sizes.split(",")):
-            r = run_once(model, size, a.steps, a.out)
+            r = run_once(model, size, a.steps, a.out, a.extra)
             rows.append(r)
             print(json.dumps(r), flush=True)
     print(f"\n| model | eval items (QA + MC) | peak RSS GB | wall s | exit |\n|---|---|---|---|---|")
