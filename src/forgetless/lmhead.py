@@ -35,6 +35,13 @@ def lm_split(model: torch.nn.Module) -> tuple[torch.nn.Module, Project] | None:
     return decoder, project
 
 
+def kl_per_position(base_logits: torch.Tensor, tuned_logits: torch.Tensor) -> torch.Tensor:
+    """KL(base || tuned) at each position, from logits ``[..., V]`` (computed in fp32)."""
+    p = torch.log_softmax(base_logits.float(), dim=-1)
+    q = torch.log_softmax(tuned_logits.float(), dim=-1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
 def final_hidden(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The hidden states the LM head reads (after the final norm), ``[B, T, H]``, from the model's
     own forward (so a DDP or PEFT wrapper sees its usual call) with logits for one position only."""
@@ -72,8 +79,7 @@ def chunked_kl_sum(base_project: Project, tuned_project: Project, base_hidden: t
 
     def kl(b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            p = torch.log_softmax(base_project(b).float(), dim=-1)
-        q = torch.log_softmax(tuned_project(t).float(), dim=-1)
-        return (p.exp() * (p - q)).sum()
+            base_logits = base_project(b)
+        return kl_per_position(base_logits, tuned_project(t)).sum()
 
     return _checkpointed_sum(kl, (base_hidden, tuned_hidden), chunk)

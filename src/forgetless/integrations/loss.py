@@ -181,8 +181,8 @@ class ForgetlessLossMixin:
         parent = super().compute_loss  # type: ignore[misc]
         hidden = None
         if self.head_chunk and self._outputs_have_logits and "labels" in inputs and torch.is_grad_enabled():
-            loss, outputs, hidden = self._chunked_lm_loss(model, inputs, num_items_in_batch)
-            has_lm, logits = bool((inputs["labels"] != IGNORE).any()), None
+            loss, hidden = self._chunked_lm_loss(model, inputs, num_items_in_batch)
+            has_lm, logits, outputs = bool((inputs["labels"] != IGNORE).any()), None, None
             if regs is None:
                 return (loss, outputs) if return_outputs else loss
         elif regs is None or not torch.is_grad_enabled():
@@ -230,9 +230,9 @@ class ForgetlessLossMixin:
         # forward without gradients) when asked for outputs; the plain Trainer returns its logits.
         return not any(c.__module__.startswith("trl.") and "compute_loss" in vars(c) for c in type(self).__mro__)
 
-    def _chunked_lm_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    def _chunked_lm_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """The parent's language-model loss, from hidden states projected ``head_chunk`` labelled
-        positions at a time. Returns ``(loss, outputs, final hidden states)``.
+        positions at a time. Returns ``(loss, final hidden states)``.
 
         Normalised as the Trainer's own loss is: summed over labelled next-token positions and
         divided by ``num_items_in_batch`` (the whole accumulated batch's count, scaled for averaging
@@ -256,7 +256,7 @@ class ForgetlessLossMixin:
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)  # type: ignore[attr-defined]
         else:
             loss = total / n.clamp_min(1)
-        return loss, None, hidden
+        return loss, hidden
 
     def _kl_to_base(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor | None, replay: torch.Tensor | None, hidden: torch.Tensor | None = None,
@@ -267,13 +267,11 @@ class ForgetlessLossMixin:
         bare = self.accelerator.unwrap_model(model)  # type: ignore[attr-defined]
         world = self.accelerator.num_processes  # type: ignore[attr-defined]
         if world == 1:
-            if replay is None or not bool(replay.any()):
-                return None
-            total, n = regs.kl_sum(bare, inputs, logits, replay, tuned_hidden=hidden, chunk=self.head_chunk or 256)
-            term = total / n.clamp_min(1.0)
-            self._observe_kl(float(term.detach()))
+            term = regs.kl_term(bare, inputs, logits, replay, tuned_hidden=hidden, chunk=self.head_chunk)  # type: ignore[arg-type]
+            if term is not None:
+                self._observe_kl(float(term.detach()))
             return term
-        total, n = regs.kl_sum(bare, inputs, logits, replay, tuned_hidden=hidden, chunk=self.head_chunk or 256)
+        total, n = regs.kl_sum(bare, inputs, logits, replay, tuned_hidden=hidden, chunk=self.head_chunk)
 
         def all_sum(t: torch.Tensor) -> torch.Tensor:
             return self.accelerator.reduce(t, reduction="sum")  # type: ignore[attr-defined]

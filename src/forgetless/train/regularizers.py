@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
 from ..adapter import adapter_off, is_peft
 from ..errors import ForgetlessError
-from ..lmhead import chunked_kl_sum, final_hidden, lm_split
+from ..lmhead import chunked_kl_sum, final_hidden, kl_per_position, lm_split
 from .config import TrainConfig
 from .dataset import PackedCollator, PackedDataset
 
@@ -59,9 +58,7 @@ def kl_base_tuned(base_logits: torch.Tensor, tuned_logits: torch.Tensor, mask: t
 
 def kl_base_tuned_sum(base_logits: torch.Tensor, tuned_logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum of KL(base || tuned) over masked positions, number of masked positions)``."""
-    p = F.log_softmax(base_logits.float(), dim=-1)
-    q = F.log_softmax(tuned_logits.float(), dim=-1)
-    kl = (p.exp() * (p - q)).sum(-1)  # [B, T]
+    kl = kl_per_position(base_logits, tuned_logits)  # [B, T]
     m = mask.to(kl.dtype)
     return (kl * m).sum(), m.sum()
 
@@ -107,15 +104,19 @@ class Regularizers:
         """True if any term has a non-zero weight."""
         return bool(self.kl_weight or self.l2sp_weight or self.ewc_weight)
 
-    def kl_term(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor | None, replay: torch.Tensor) -> torch.Tensor | None:
+    def kl_term(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], tuned_logits: torch.Tensor | None, replay: torch.Tensor | None,
+        *, tuned_hidden: torch.Tensor | None = None, chunk: int = 256,
+    ) -> torch.Tensor | None:  # fmt: skip
         """KL(base || tuned) on the replay rows of the batch (None if the batch has none).
 
         ``tuned_logits``: the tuned model's logits for the whole batch, or None to compute them here
         (with gradients) on the replay rows only, for trainers whose loss never builds logits.
+        ``tuned_hidden`` and ``chunk``: as in :meth:`kl_sum`.
         """
         if not self.kl_weight or replay is None or not bool(replay.any()):
             return None
-        total, n = self.kl_sum(model, inputs, tuned_logits, replay)
+        total, n = self.kl_sum(model, inputs, tuned_logits, replay, tuned_hidden=tuned_hidden, chunk=chunk)
         return total / n.clamp_min(1.0)
 
     def kl_sum(
