@@ -274,3 +274,23 @@ def test_head_chunked_loss_equals_whole_logits(tiny_run, with_kl: bool) -> None:
     assert set(t3) == set(t0) == ({"lm_loss", "kl_to_base"} if with_kl else set())
     if with_kl:  # the KL is ~7e-4 here: compared to float32 summation-order noise
         assert t3["kl_to_base"][0] == pytest.approx(t0["kl_to_base"][0], abs=1e-7) and t0["kl_to_base"][0] > 1e-4
+
+
+def test_head_chunk_auto_chunks_any_model_with_a_separate_head() -> None:
+    """train.head_chunk -1 (the default) chunks whenever the trunk and LM head can be split (through
+    PEFT too), keeps whole logits for a model laid out otherwise, and an explicit value wins."""
+    from forgetless.testing import tiny_gemma3, tiny_model
+    from forgetless.train.build import HEAD_CHUNK_AUTO, head_chunk
+
+    assert HEAD_CHUNK_AUTO == 256
+    assert head_chunk(-1, tiny_model()) == 256
+    assert head_chunk(-1, tiny_gemma3(64)) == 256
+    assert head_chunk(-1, _peft()) == 256
+    assert head_chunk(0, tiny_model()) == 0 and head_chunk(7, tiny_model()) == 7
+
+    class Fused(torch.nn.Module):  # logits straight from one module: nothing to split
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Linear(4, 4)
+
+    assert head_chunk(-1, Fused()) == 0

@@ -22,6 +22,7 @@ from ..errors import ForgetlessError
 from ..evaluate.precision import resolve as resolve_precision
 from ..evaluate.runner import Evaluator
 from ..integrations.callback import ForgetlessCallback
+from ..lmhead import lm_split
 from .budget import BudgetJudge
 from .callbacks import EvalScheduleCallback, LogCallback, MetricsRecorder, RichProgressCallback
 from .dataset import PackedCollator
@@ -30,18 +31,15 @@ from .regularizers import Regularizers
 from .trainer import ForgetlessTrainer
 
 
-HEAD_CHUNK_FROM_VOCAB = 131072  # train.head_chunk auto: chunk the LM head from a 128k vocabulary
 HEAD_CHUNK_AUTO = 256
 
 
 def head_chunk(setting: int, model: torch.nn.Module) -> int:
-    """Positions per LM-head chunk in the training loss: ``setting``, or for -1 (auto) 256 when the
-    model's output vocabulary is at least 128k, else 0 (whole logits)."""
+    """Positions per LM-head chunk in the training loss: ``setting``, or for -1 (auto) 256 whenever
+    the model is laid out as a trunk plus a separate LM head, else 0 (whole logits)."""
     if setting >= 0:
         return setting
-    head = model.get_output_embeddings()
-    vocab = head.weight.shape[0] if head is not None else 0
-    return HEAD_CHUNK_AUTO if vocab >= HEAD_CHUNK_FROM_VOCAB else 0
+    return HEAD_CHUNK_AUTO if lm_split(model) is not None else 0
 
 
 def build_trainer(
