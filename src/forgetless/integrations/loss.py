@@ -20,46 +20,10 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..lmhead import chunked_ce_sum, final_hidden, lm_split
-from ..train.dataset import IGNORE, PackedCollator, PackedDataset, ReplaySpreadSampler
+from ..train.dataset import IGNORE, PackedCollator, ReplaySpreadSampler
 from ..train.kl_control import KLController
 from ..train.regularizers import Regularizers, global_token_mean
-
-REPLAY = "replay"  # the dataset column that marks replay rows
-
-
-class ReplayCollator:
-    """Wraps a data collator: takes the ``replay`` flag off each example, collates the rest, and
-    adds it back as a boolean ``replay`` tensor (one per row).
-
-    ``kl_only``: replay rows' labels move to ``kl_labels`` and leave ``labels``, so the language-model
-    loss covers domain rows only and the KL-to-base term alone trains replay rows, as in
-    ``forgetless run`` (``train.replay_ce: false``).
-    """
-
-    def __init__(self, inner: Any, *, kl_only: bool) -> None:
-        self.inner = inner
-        self.kl_only = kl_only
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        flags = []
-        rest = []
-        for ex in examples:
-            ex = dict(ex)
-            flag = ex.pop(REPLAY, False)  # evaluation sets have no replay rows
-            if isinstance(flag, (list, tuple)):
-                raise ValueError("a training row holds several examples' replay flags (packed rows): turn packing off for replay KL")
-            flags.append(bool(flag))
-            rest.append(ex)
-        batch = self.inner(rest)
-        replay = torch.tensor(flags)
-        if batch["input_ids"].shape[0] != len(flags):
-            raise ValueError("the collator merged rows (padding-free batches): replay KL needs one example per row")
-        batch[REPLAY] = replay
-        if self.kl_only:
-            batch["kl_labels"] = torch.where(replay[:, None], batch["labels"], IGNORE)
-            batch["labels"] = torch.where(replay[:, None], IGNORE, batch["labels"])
-        return batch
-
+from .replay import REPLAY, ReplayCollator, replay_flags
 
 class ForgetlessLossMixin:
     """Adds forgetless' regularizer terms to a Trainer's loss. Put it first in the bases.
@@ -153,7 +117,7 @@ class ForgetlessLossMixin:
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """With a KL term, an order that gives every batch its share of the replay rows; else the parent's."""
         ds = self.train_dataset if train_dataset is None else train_dataset  # type: ignore[attr-defined]
-        flags = _replay_flags(ds)
+        flags = replay_flags(ds)
         if not self.replay_every_batch or self.regularizers is None or not self.regularizers.kl_weight or not flags or not any(flags):
             return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
         return ReplaySpreadSampler(flags, self.args.per_device_train_batch_size, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)  # type: ignore[attr-defined]
@@ -350,16 +314,6 @@ class ForgetlessLossMixin:
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)  # type: ignore[attr-defined]
             return metrics
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # type: ignore[misc]
-
-
-def _replay_flags(dataset: Any) -> list[bool] | None:
-    """Each training row's replay flag: forgetless' packed rows, or a ``replay`` column."""
-    if isinstance(dataset, PackedDataset):
-        return [r.replay for r in dataset.rows]
-    cols = getattr(dataset, "column_names", None)
-    if cols is not None and REPLAY in cols:
-        return [bool(x) for x in dataset[REPLAY]]
-    return None
 
 
 class _KLControlStep(TrainerCallback):

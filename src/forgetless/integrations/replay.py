@@ -1,16 +1,54 @@
-"""Replay mixing for a user's ``datasets.Dataset``: general rows in, marked for the KL term.
+"""Replay rows in a user's ``datasets.Dataset``: mixed in, marked, and collated for the KL term.
 
 The draw is forgetless' own (:func:`forgetless.train.dataset.draw_replay`): replay rows make up
-``ratio`` of the tokens (of the rows, without a tokenizer), drawn in a seeded order.
+``ratio`` of the tokens (of the rows, without a tokenizer), drawn in a seeded order. The
+``replay`` column marks them; :class:`ReplayCollator` carries the mark into each batch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..adapter import adapter_off
-from ..train.dataset import draw_replay
-from .loss import REPLAY
+from ..train.dataset import IGNORE, PackedDataset, draw_replay
+
+REPLAY = "replay"  # the dataset column that marks replay rows
+
+
+class ReplayCollator:
+    """Wraps a data collator: takes the ``replay`` flag off each example, collates the rest, and
+    adds it back as a boolean ``replay`` tensor (one per row).
+
+    ``kl_only``: replay rows' labels move to ``kl_labels`` and leave ``labels``, so the language-model
+    loss covers domain rows only and the KL-to-base term alone trains replay rows, as in
+    ``forgetless run`` (``train.replay_ce: false``).
+    """
+
+    def __init__(self, inner: Any, *, kl_only: bool) -> None:
+        self.inner = inner
+        self.kl_only = kl_only
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        flags = []
+        rest = []
+        for ex in examples:
+            ex = dict(ex)
+            flag = ex.pop(REPLAY, False)  # evaluation sets have no replay rows
+            if isinstance(flag, (list, tuple)):
+                raise ValueError("a training row holds several examples' replay flags (packed rows): turn packing off for replay KL")
+            flags.append(bool(flag))
+            rest.append(ex)
+        batch = self.inner(rest)
+        replay = torch.tensor(flags)
+        if batch["input_ids"].shape[0] != len(flags):
+            raise ValueError("the collator merged rows (padding-free batches): replay KL needs one example per row")
+        batch[REPLAY] = replay
+        if self.kl_only:
+            batch["kl_labels"] = torch.where(replay[:, None], batch["labels"], IGNORE)
+            batch["labels"] = torch.where(replay[:, None], IGNORE, batch["labels"])
+        return batch
 
 
 def _size(tok: Any, row: dict[str, Any]) -> int:
@@ -61,3 +99,12 @@ def base_replay(model: Any, tokenizer: Any, *, n: int | None = None, max_new_tok
         recs = self_generated_replay(model, tokenizer, n=n or len(load_prompts()), max_new_tokens=max_new_tokens, cache_key=key)
     return Dataset.from_list([{"messages": r["messages"]} for r in recs])
 
+
+def replay_flags(dataset: Any) -> list[bool] | None:
+    """Each training row's replay flag: forgetless' packed rows, or a ``replay`` column."""
+    if isinstance(dataset, PackedDataset):
+        return [r.replay for r in dataset.rows]
+    cols = getattr(dataset, "column_names", None)
+    if cols is not None and REPLAY in cols:
+        return [bool(x) for x in dataset[REPLAY]]
+    return None
