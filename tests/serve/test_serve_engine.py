@@ -8,7 +8,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from forgetless.serve.engine import Engine, Event, GenParams, Job
+from forgetless.serve.engine import Engine
+from forgetless.serve.jobs import Event, GenParams, Job
 from forgetless.serve.metrics import ServeMetrics
 from forgetless.serve.prompts import encode_chat
 from forgetless.testing import tiny_model, tiny_tokenizer

@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .store import Registry, Version
+from .store import Registry
+from .version import Version
 
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Registry database (default: $FORGETLESS_REGISTRY or the user cache).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

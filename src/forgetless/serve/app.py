@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .deployment import Deployment, EngineSettings, Target
 from .guard import Guard
-from .engine import Event, GenParams, Job, QueueFull
+from .jobs import Event, GenParams, Job, QueueFull
 from .metrics import CLIENT_CLOSED, ServeMetrics
 from ..promptformat import PLAIN, PLAIN_STOP_STRINGS, prompt_format
 from .prompts import EncodedPrompt, encode_chat, encode_text
