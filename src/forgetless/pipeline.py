@@ -8,6 +8,7 @@ early stop at every checkpoint) and step 5 (the best checkpoint and adapter scal
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     step("report")
     summary = make_summary(cfg, sel, trained, export_dir, router_info, time.time() - t_start, selected_eval)
     write_reports(cfg, run_dir, trained.history, summary, scale_curve, report_sections(selected_eval, trained.history))
+    # The served system is loaded afresh from the exported adapter and its base: the training copy
+    # (and the trainer's cycles that still hold it) go first, so the two never sit in memory together.
+    del model, base, evaluator, dataset, replay, ref, heldout, extension
+    gc.collect()
     served_report(cfg, run_dir, console)  # eval.served_report: router + adapter + base scored as served
     print_table(console, trained.history, summary)
     console.print(f"run folder: {run_dir} (report.md, report.html, curves.png, adapter/)")

@@ -276,6 +276,49 @@ def test_head_chunked_loss_equals_whole_logits(tiny_run, with_kl: bool) -> None:
         assert t3["kl_to_base"][0] == pytest.approx(t0["kl_to_base"][0], abs=1e-7) and t0["kl_to_base"][0] > 1e-4
 
 
+def test_head_chunked_replay_only_step_trains_on_the_kl_alone(tiny_run) -> None:  # noqa: ANN001
+    """A step whose rows are all replay has no language-model token in the whole accumulated batch
+    (the Trainer passes num_items_in_batch 0): the chunked loss is then the KL term alone, finite,
+    with the gradients of whole logits, not 0 / 0."""
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import PackedCollator, build_dataset
+
+    tok = tiny_tokenizer()
+    ds = build_dataset(
+        tok, [Example(text="zorvanex is a drug made by acme")], max_length=32, packing=False,
+        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
+    )  # fmt: skip
+    replay_rows = [ds[i] for i in range(len(ds)) if ds[i]["replay"]]
+    batch = PackedCollator(0, replay_kl_only=True)(replay_rows)
+    assert bool(batch["replay"].all()) and not bool((batch["labels"][:, 1:] != -100).any())
+    results = []
+    for chunk in (0, 3):
+        cfg = load_config(tiny_run / "cfg.yaml", [f"train.head_chunk={chunk}", "train.replay_ratio=0.5"])
+        model = _peft()
+        with torch.no_grad():  # an adapter away from zero, so the KL to the base is not 0
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        rec = MetricsRecorder(cfg.run_dir / f"r{chunk}.jsonl", cfg.run_dir / f"rtb{chunk}")
+        trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=Regularizers(model, kl_to_base=2.0))
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(0))
+        loss.backward()
+        grads = [p.grad.clone() for n, p in model.named_parameters() if p.requires_grad]
+        results.append((loss.item(), grads))
+    (l0, g0), (l3, g3) = results
+    assert math.isfinite(l3) and l3 > 1e-4
+    assert l3 == pytest.approx(l0, rel=1e-5)
+    assert all(torch.isfinite(g).all() for g in g3) and any(bool(g.abs().sum() > 0) for g in g3)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g3))
+
+
 def test_head_chunk_auto_chunks_any_model_with_a_separate_head() -> None:
     """train.head_chunk -1 (the default) chunks whenever the trunk and LM head can be split (through
     PEFT too), keeps whole logits for a model laid out otherwise, and an explicit value wins."""
@@ -294,3 +337,44 @@ def test_head_chunk_auto_chunks_any_model_with_a_separate_head() -> None:
             self.body = torch.nn.Linear(4, 4)
 
     assert head_chunk(-1, Fused()) == 0
+
+
+def test_gradient_checkpointing_is_on_by_default_and_changes_no_gradient(tiny_run) -> None:  # noqa: ANN001
+    """The Trainer gets non-reentrant gradient checkpointing by default; under it the loss (LM on
+    domain rows, chunked head, KL to the base on the replay row) and every adapter gradient equal
+    the run without it."""
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import PackedCollator, build_dataset
+
+    tok = tiny_tokenizer()
+    ds = build_dataset(
+        tok, [Example(text="zorvanex is a drug made by acme"), Example(text="acme made a drug")], max_length=32, packing=False,
+        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
+    )  # fmt: skip
+    batch = PackedCollator(0, replay_kl_only=True)([ds[i] for i in range(len(ds))])
+    results = []
+    for ckpt in (False, True):
+        cfg = load_config(tiny_run / "cfg.yaml", [] if ckpt else ["train.gradient_checkpointing=false"])
+        model = _peft()
+        rec = MetricsRecorder(cfg.run_dir / f"m{ckpt}.jsonl", cfg.run_dir / f"tb{ckpt}")
+        trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=Regularizers(model, kl_to_base=2.0))
+        assert trainer.args.gradient_checkpointing is ckpt
+        if ckpt:
+            assert trainer.args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+            # what Trainer.train() does with the arguments before the first step
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+            assert model.base_model.model.model.gradient_checkpointing
+        model.train()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad], dict(trainer._terms)))
+    (l0, g0, t0), (l1, g1, t1) = results
+    assert l1 == pytest.approx(l0, rel=1e-6) and t1["kl_to_base"][0] == pytest.approx(t0["kl_to_base"][0], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(g0, g1)) and any(bool(g.ne(0).any()) for g in g1)

@@ -210,16 +210,18 @@ class ForgetlessLossMixin:
         hidden = final_hidden(model, fwd)
         mask = labels[:, 1:] != IGNORE
         n = mask.sum()
-        if bool(n):
-            total = chunked_ce_sum(split[1], hidden[:, :-1][mask], labels[:, 1:][mask], chunk=self.head_chunk)
-        else:
-            total = hidden.sum() * 0.0  # replay rows only: no language-model tokens, the KL term trains them
+        if not bool(n):
+            # Replay rows only: no language-model tokens, the KL term trains them. Returned before any
+            # division: num_items_in_batch is 0 too when every micro-batch of the step is replay, and
+            # 0 / 0 would turn every gradient of the step into NaN.
+            return hidden.sum() * 0.0, hidden
+        total = chunked_ce_sum(split[1], hidden[:, :-1][mask], labels[:, 1:][mask], chunk=self.head_chunk)
         if self.model_accepts_loss_kwargs and num_items_in_batch is not None:  # type: ignore[attr-defined]
             loss = total / torch.as_tensor(num_items_in_batch, device=total.device)
             if self.args.average_tokens_across_devices:  # type: ignore[attr-defined]
                 loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu)  # type: ignore[attr-defined]
         else:
-            loss = total / n.clamp_min(1)
+            loss = total / n
         return loss, hidden
 
     def _kl_to_base(

@@ -90,6 +90,10 @@ def build_trainer(
         bf16=resolve_precision(t.precision, device) == "bf16" or (cfg.model.dtype == "bfloat16" and device == "cuda"),
         dataloader_num_workers=0,
         neftune_noise_alpha=t.neftune_alpha,
+        gradient_checkpointing=t.gradient_checkpointing,
+        # Non-reentrant checkpointing needs no input that requires grad (the base is frozen under
+        # LoRA) and works under DDP and FSDP.
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
     )
     optimizers: tuple[Any, Any] = (None, None)
     if token_lr is not None:
