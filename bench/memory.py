@@ -7,7 +7,7 @@ Each measurement is a fresh subprocess running ``forgetless run`` on the sample 
 (examples/data/pharma: docs.jsonl + train_qa.jsonl), with an evaluation set of ``size`` items:
 half held-out QA, half multiple choice, the 60 + 60 sample items repeated as needed (360 = 180 QA
 + 180 MC). Settings are the defaults (LoRA r64 on all linear layers, batch 4 x 256 tokens,
-replay 0.3 with KL to the base, evaluation batch 16) except: ``--steps`` optimizer steps with one
+replay 0.3 with KL to the base, evaluation batch 64, gradient checkpointing) except: ``--steps`` optimizer steps with one
 evaluation after them (plus the base at step 0), no adapter-scale sweep, the demo's general
 reference (65 prompts, 24-token answers), and replay rows read from train_qa.jsonl instead of
 generated (generating 200 answers costs minutes and little memory; the replay rows' KL term is

@@ -235,34 +235,46 @@ def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN00
     assert not isinstance(plain._get_train_sampler(), ReplaySpreadSampler)
 
 
+def _docs_and_replay(docs: list[str]):  # noqa: ANN202
+    """A tiny tokenizer and an unpacked dataset: ``docs`` as domain rows, one replay row (half)."""
+    from forgetless.data import Example
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.dataset import build_dataset
+
+    tok = tiny_tokenizer()
+    replay = [Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])]
+    return tok, build_dataset(tok, [Example(text=d) for d in docs], max_length=32, packing=False, replay=replay, replay_ratio=0.5)
+
+
+def _trainer(tiny_run, overrides: list[str], model: torch.nn.Module, tok, ds, regs: Regularizers | None, tag: str):  # noqa: ANN001, ANN202
+    """``build_trainer`` on the tiny run's config with ``overrides``, no evaluation suites."""
+    from forgetless.config import load_config
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+
+    cfg = load_config(tiny_run / "cfg.yaml", overrides)
+    rec = MetricsRecorder(cfg.run_dir / f"m{tag}.jsonl", cfg.run_dir / f"tb{tag}")
+    evaluator = Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], []))
+    return build_trainer(cfg, model, tok, ds, evaluator, rec, total_steps=1, every=1, device="cpu", regularizers=regs)
+
+
 @pytest.mark.parametrize("with_kl", [True, False])
 def test_head_chunked_loss_equals_whole_logits(tiny_run, with_kl: bool) -> None:  # noqa: ANN001
     """train.head_chunk > 0 (LM loss and KL from hidden states, a few positions at a time) gives the
     loss and the adapter gradients of whole logits, with and without the KL term."""
-    from forgetless.config import load_config
-    from forgetless.data import Example
-    from forgetless.evaluate.domain import DomainData
-    from forgetless.evaluate.drift import GeneralReference
-    from forgetless.evaluate.runner import Evaluator
-    from forgetless.testing import tiny_tokenizer
-    from forgetless.train.build import build_trainer
-    from forgetless.train.callbacks import MetricsRecorder
-    from forgetless.train.dataset import PackedCollator, build_dataset
+    from forgetless.train.dataset import PackedCollator
 
-    tok = tiny_tokenizer()
-    ds = build_dataset(
-        tok, [Example(text="zorvanex is a drug made by acme"), Example(text="acme made a drug")], max_length=32, packing=False,
-        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
-    )  # fmt: skip
+    tok, ds = _docs_and_replay(["zorvanex is a drug made by acme", "acme made a drug"])
     batch = PackedCollator(0, replay_kl_only=True)([ds[i] for i in range(len(ds))])
     assert bool(batch["replay"].any()) and not bool(batch["replay"].all())
     results = []
     for chunk in (0, 3):
-        cfg = load_config(tiny_run / "cfg.yaml", [f"train.head_chunk={chunk}", "train.replay_ratio=0.5"])
         model = _peft()
         regs = Regularizers(model, kl_to_base=2.0) if with_kl else None
-        rec = MetricsRecorder(cfg.run_dir / f"m{chunk}.jsonl", cfg.run_dir / f"tb{chunk}")
-        trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=regs)
+        trainer = _trainer(tiny_run, [f"train.head_chunk={chunk}"], model, tok, ds, regs, tag=str(chunk))
         assert trainer.head_chunk == chunk
         loss = trainer.compute_loss(model, dict(batch))
         loss.backward()
@@ -280,34 +292,20 @@ def test_head_chunked_replay_only_step_trains_on_the_kl_alone(tiny_run) -> None:
     """A step whose rows are all replay has no language-model token in the whole accumulated batch
     (the Trainer passes num_items_in_batch 0): the chunked loss is then the KL term alone, finite,
     with the gradients of whole logits, not 0 / 0."""
-    from forgetless.config import load_config
-    from forgetless.data import Example
-    from forgetless.evaluate.domain import DomainData
-    from forgetless.evaluate.drift import GeneralReference
-    from forgetless.evaluate.runner import Evaluator
-    from forgetless.testing import tiny_tokenizer
-    from forgetless.train.build import build_trainer
-    from forgetless.train.callbacks import MetricsRecorder
-    from forgetless.train.dataset import PackedCollator, build_dataset
+    from forgetless.train.dataset import PackedCollator
 
-    tok = tiny_tokenizer()
-    ds = build_dataset(
-        tok, [Example(text="zorvanex is a drug made by acme")], max_length=32, packing=False,
-        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
-    )  # fmt: skip
+    tok, ds = _docs_and_replay(["zorvanex is a drug made by acme"])
     replay_rows = [ds[i] for i in range(len(ds)) if ds[i]["replay"]]
     batch = PackedCollator(0, replay_kl_only=True)(replay_rows)
     assert bool(batch["replay"].all()) and not bool((batch["labels"][:, 1:] != -100).any())
     results = []
     for chunk in (0, 3):
-        cfg = load_config(tiny_run / "cfg.yaml", [f"train.head_chunk={chunk}", "train.replay_ratio=0.5"])
         model = _peft()
         with torch.no_grad():  # an adapter away from zero, so the KL to the base is not 0
             for n, p in model.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-        rec = MetricsRecorder(cfg.run_dir / f"r{chunk}.jsonl", cfg.run_dir / f"rtb{chunk}")
-        trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=Regularizers(model, kl_to_base=2.0))
+        trainer = _trainer(tiny_run, [f"train.head_chunk={chunk}"], model, tok, ds, Regularizers(model, kl_to_base=2.0), tag=f"r{chunk}")
         loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=torch.tensor(0))
         loss.backward()
         grads = [p.grad.clone() for n, p in model.named_parameters() if p.requires_grad]
@@ -343,28 +341,14 @@ def test_gradient_checkpointing_is_on_by_default_and_changes_no_gradient(tiny_ru
     """The Trainer gets non-reentrant gradient checkpointing by default; under it the loss (LM on
     domain rows, chunked head, KL to the base on the replay row) and every adapter gradient equal
     the run without it."""
-    from forgetless.config import load_config
-    from forgetless.data import Example
-    from forgetless.evaluate.domain import DomainData
-    from forgetless.evaluate.drift import GeneralReference
-    from forgetless.evaluate.runner import Evaluator
-    from forgetless.testing import tiny_tokenizer
-    from forgetless.train.build import build_trainer
-    from forgetless.train.callbacks import MetricsRecorder
-    from forgetless.train.dataset import PackedCollator, build_dataset
+    from forgetless.train.dataset import PackedCollator
 
-    tok = tiny_tokenizer()
-    ds = build_dataset(
-        tok, [Example(text="zorvanex is a drug made by acme"), Example(text="acme made a drug")], max_length=32, packing=False,
-        replay=[Example(messages=[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris is the capital"}])], replay_ratio=0.5,
-    )  # fmt: skip
+    tok, ds = _docs_and_replay(["zorvanex is a drug made by acme", "acme made a drug"])
     batch = PackedCollator(0, replay_kl_only=True)([ds[i] for i in range(len(ds))])
     results = []
     for ckpt in (False, True):
-        cfg = load_config(tiny_run / "cfg.yaml", [] if ckpt else ["train.gradient_checkpointing=false"])
         model = _peft()
-        rec = MetricsRecorder(cfg.run_dir / f"m{ckpt}.jsonl", cfg.run_dir / f"tb{ckpt}")
-        trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), GeneralReference([], [], [], [], [], [])), rec, total_steps=1, every=1, device="cpu", regularizers=Regularizers(model, kl_to_base=2.0))
+        trainer = _trainer(tiny_run, [] if ckpt else ["train.gradient_checkpointing=false"], model, tok, ds, Regularizers(model, kl_to_base=2.0), tag=f"g{ckpt}")
         assert trainer.args.gradient_checkpointing is ckpt
         if ckpt:
             assert trainer.args.gradient_checkpointing_kwargs == {"use_reentrant": False}
