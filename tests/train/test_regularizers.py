@@ -353,7 +353,11 @@ def test_gradient_checkpointing_is_on_by_default_and_changes_no_gradient(tiny_ru
         if ckpt:
             assert trainer.args.gradient_checkpointing_kwargs == {"use_reentrant": False}
             # what Trainer.train() does with the arguments before the first step
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+            enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5.x's name
+            if enable is not None:
+                enable(activation_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
             assert model.base_model.model.model.gradient_checkpointing
         model.train()
         loss = trainer.compute_loss(model, dict(batch))

@@ -42,6 +42,16 @@ def head_chunk(setting: int, model: torch.nn.Module) -> int:
     return HEAD_CHUNK_AUTO if lm_split(model) is not None else 0
 
 
+def checkpointing_args(on: bool) -> dict[str, Any]:
+    """TrainingArguments for activation (gradient) checkpointing, under the name this transformers
+    reads: 5.x renamed ``gradient_checkpointing*`` to ``activation_checkpointing*`` and warns on the
+    old names, which older releases still need."""
+    prefix = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"
+    # Non-reentrant checkpointing needs no input that requires grad (the base is frozen under
+    # LoRA) and works under DDP and FSDP.
+    return {f"{prefix}_checkpointing": on, f"{prefix}_checkpointing_kwargs": {"use_reentrant": False} if on else None}
+
+
 def build_trainer(
     cfg: RunConfig,
     model: torch.nn.Module,
@@ -90,10 +100,7 @@ def build_trainer(
         bf16=resolve_precision(t.precision, device) == "bf16" or (cfg.model.dtype == "bfloat16" and device == "cuda"),
         dataloader_num_workers=0,
         neftune_noise_alpha=t.neftune_alpha,
-        gradient_checkpointing=t.gradient_checkpointing,
-        # Non-reentrant checkpointing needs no input that requires grad (the base is frozen under
-        # LoRA) and works under DDP and FSDP.
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **checkpointing_args(t.gradient_checkpointing),
     )
     optimizers: tuple[Any, Any] = (None, None)
     if token_lr is not None:
