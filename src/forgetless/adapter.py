@@ -9,6 +9,9 @@ evaluate and deploy alike.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +41,19 @@ def run_tokenizer(adapter_dir: Path | None, model: ModelConfig) -> Any:
     return load_tokenizer(model.name, trust_remote_code=model.trust_remote_code, revision=model.revision)
 
 
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Context for wrapping a model in PEFT without transformers' deprecation notice.
+
+    PEFT's wrapper reads ``model.is_gradient_checkpointing``, which transformers 5.x renamed and
+    warns about on every read: a FutureWarning in every run that the user can do nothing about.
+    Only that message is silenced, only while wrapping.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def attach_run_adapter(base: Any, adapter_dir: Path, tok: Any, *, adapter_name: str = "default") -> Any:
     """``base`` with a run's adapter loaded (eval mode, not trainable). A tokens-stage run added
     vocabulary: the embeddings grow to the tokenizer first, or the adapter's saved rows do not fit."""
@@ -45,4 +61,5 @@ def attach_run_adapter(base: Any, adapter_dir: Path, tok: Any, *, adapter_name: 
 
     if len(tok) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tok))
-    return PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name, is_trainable=False).eval()
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=adapter_name, is_trainable=False).eval()

@@ -8,42 +8,57 @@ from forgetless.budget import BudgetConfig, Violation
 from forgetless.train.budget import BudgetStopCallback, select
 
 
-def _run_stopper(outside: list[bool], patience: int) -> int | None:
+def _outside(flags: list[bool]) -> list[dict[str, float]]:
+    return [{"budget/outside": float(f)} for f in flags]
+
+
+def _stop_step(lines: list[dict[str, float]], patience: int = 3) -> int | None:
     cb = BudgetStopCallback(patience)
     state, control = TrainerState(), TrainerControl()
     args = TrainingArguments(output_dir="/tmp/unused", report_to="none")
-    for step, out in enumerate(outside, start=1):
+    for step, metrics in enumerate(lines, start=1):
         state.global_step = step
-        control = cb.on_evaluate(args, state, control, metrics={"budget/outside": float(out)})
+        control = cb.on_evaluate(args, state, control, metrics=metrics)
         if control.should_training_stop:
             return step
     return None
 
 
 def test_early_stop_after_patience_consecutive() -> None:
-    assert _run_stopper([False, True, False, True, True, False], patience=2) == 5
-    assert _run_stopper([True, False, True, False, True], patience=2) is None
-    assert _run_stopper([False, True], patience=1) == 2
+    assert _stop_step(_outside([False, True, False, True, True, False]), patience=2) == 5
+    assert _stop_step(_outside([True, False, True, False, True]), patience=2) is None
+    assert _stop_step(_outside([False, True]), patience=1) == 2
 
 
 def test_drift_coming_back_does_not_count_towards_patience() -> None:
     """The quillmark sequence against a 0.05 budget: 0.090, 0.087, 0.057. The third is outside but
     34% below the second (>= 10%): it does not count, so patience 3 does not stop the run."""
     def run(kls: list[float]) -> int | None:
-        cb = BudgetStopCallback(3)
-        state, control = TrainerState(), TrainerControl()
-        args = TrainingArguments(output_dir="/tmp/unused", report_to="none")
-        for step, kl in enumerate(kls, start=1):
-            state.global_step = step
-            control = cb.on_evaluate(args, state, control, metrics={"budget/outside": float(kl > 0.05), "general/kl": kl})
-            if control.should_training_stop:
-                return step
-        return None
+        return _stop_step([{"budget/outside": float(kl > 0.05), "general/kl": kl} for kl in kls])
 
     assert run([0.090, 0.087, 0.057]) is None
     assert run([0.090, 0.087, 0.080]) == 3  # 0.080 is 8% below 0.087: no progress, it counts
     assert run([0.090, 0.087, 0.057, 0.055]) == 4  # 0.055 is 3.5% below 0.057: the third count
     assert run([0.090, 0.087, 0.057, 0.04, 0.09, 0.085]) is None  # inside at 0.04 resets the run
+
+
+
+def test_a_weight_still_climbing_does_not_count_towards_patience() -> None:
+    """The Gemma-3-270M sequence against a 0.05 budget: KL 0.181, 0.354, 0.342, 0.206, 0.200 with
+    the controller's weight 2.3, 10.5, 47, 100 (its ceiling), 100. The first counts (no previous
+    weight), the next three do not (weight up 4.5x, 4.5x, 2.1x; the fourth is also KL down 40%),
+    the fifth counts (weight flat, KL down 3%): 2 of patience 3, no stop. Without the weight rule
+    the run stopped at the third evaluation."""
+    line = lambda kl, w: {"budget/outside": float(kl > 0.05), "general/kl": kl, "kl_control/weight": w}  # noqa: E731
+    gemma = [line(0.181, 2.345), line(0.354, 10.509), line(0.342, 47.099), line(0.206, 100.0), line(0.200, 100.0)]
+    assert _stop_step(gemma) is None
+    assert _stop_step([{k: v for k, v in h.items() if k != "kl_control/weight"} for h in gemma]) == 3
+    # A rise under 10% is not steering: 50 -> 54 (8%) counts, and with KL flat the run stops.
+    assert _stop_step([line(0.2, 40.0), line(0.2, 50.0), line(0.2, 54.0), line(0.2, 54.0)]) == 4
+    # The weight rule survives a resume: restore() rebuilds the last weight from the history.
+    cb = BudgetStopCallback(3)
+    cb.restore([{"step": 0, "budget/outside": 0.0, "general/kl": 0.0}] + [{"step": 19 * i, **h} for i, h in enumerate(gemma[:3], start=1)])
+    assert (cb.outside_in_a_row, cb.last_weight) == (1, 47.099)
 
 
 HISTORY = [

@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
+from ..adapter import peft_wrapping
 from ..errors import ForgetlessError
 from .config import TARGET_PRESETS, LoraSettings
 
@@ -46,7 +47,8 @@ def attach_adapter(model: PreTrainedModel, cfg: LoraSettings, **extra: object) -
         task_type="CAUSAL_LM",
         **extra,  # type: ignore[arg-type]
     )
-    return get_peft_model(model, lcfg)
+    with peft_wrapping():
+        return get_peft_model(model, lcfg)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -203,7 +203,8 @@ class TrainConfig(_Section):
         # 0.048. Patience 2 stopped that run at step 44 (best inside the budget: QA recall 0.117 at
         # adapter scale 0.75); run on, it reached 0.217 at step 88 inside the budget. Early stop
         # only saves compute: a checkpoint outside the budget is never selected either way.
-        3, ge=1, description="Stop early after this many consecutive evaluations outside the forgetting budget."
+        3, ge=1, description="Stop early after this many consecutive evaluations outside the forgetting budget that are not "
+        "coming back (general KL down 10% or the KL controller's weight up 10% since the previous evaluation do not count)."
     )
     scale_sweep: list[float] = Field(
         default_factory=lambda: [0.25, 0.5, 0.75],
