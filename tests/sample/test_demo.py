@@ -36,6 +36,8 @@ def test_arms_share_data_and_steps_and_differ_only_in_forgetting_controls(tmp_pa
     differ = {k for k in plain if plain[k] != fl[k]}
     assert differ - {"run_dir"} <= set(demo.FORGETTING_CONTROLS)
     assert plain["train.max_steps"] == fl["train.max_steps"] == 92
+    # Speed only (same gradients): checkpointing costs 60% per step at the demo's 2 rows.
+    assert plain["train.gradient_checkpointing"] is fl["train.gradient_checkpointing"] is False
     assert plain["data.train"] == fl["data.train"] and plain["data.eval_qa"] == fl["data.eval_qa"]
     assert all(Path(p).exists() for p in fl["data.train"])  # the generated sample domain
     # The forgetless arm: the library's defaults for every forgetting control, plus the budget alone.
