@@ -147,6 +147,12 @@ def _recorded(metrics: Mapping[str, Any]) -> list[Violation]:
     return out
 
 
+def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
+    """The number a metrics line records under ``key``; None when it is absent or not a number."""
+    v = metrics.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def judge(
     budget: BudgetConfig,
     metrics: Mapping[str, Any],
@@ -162,8 +168,7 @@ def judge(
     always judged again, so a budget changed after the run still applies. A limit whose suite was
     never measured is a violation: nothing proves it was kept.
     """
-    kl = metrics.get("general/kl")
-    kl = float(kl) if isinstance(kl, (int, float)) and not isinstance(kl, bool) else None
+    kl = metric_value(metrics, "general/kl")
     if not budget.is_set:
         return Verdict("unset", (), kl)
     out: list[Violation] = []

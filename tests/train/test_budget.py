@@ -42,7 +42,6 @@ def test_drift_coming_back_does_not_count_towards_patience() -> None:
     assert run([0.090, 0.087, 0.057, 0.04, 0.09, 0.085]) is None  # inside at 0.04 resets the run
 
 
-
 def test_a_weight_still_climbing_does_not_count_towards_patience() -> None:
     """The Gemma-3-270M sequence against a 0.05 budget: KL 0.181, 0.354, 0.342, 0.206, 0.200 with
     the controller's weight 2.3, 10.5, 47, 100 (its ceiling), 100. The first counts (no previous

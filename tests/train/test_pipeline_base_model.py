@@ -81,9 +81,8 @@ def test_base_model_run_end_to_end(tiny_run: Path, base_model_dir: Path, monkeyp
     ids = encode_chat(tok, messages).ids
     framed = tok.decode(ids, skip_special_tokens=True)
     assert framed.strip().startswith("Question: what") and framed.rstrip().endswith("Answer:")  # the plain frame
-    model = PeftModel.from_pretrained(load_model(str(base_model_dir)), str(run / A.ADAPTER_DIR)).eval()
     with torch.no_grad():
-        expected = cut_at_stop(tok.decode(generate_greedy(model, tok, [ids], max_new_tokens=8)[0], skip_special_tokens=True))
+        expected = cut_at_stop(tok.decode(generate_greedy(peft_model.eval(), tok, [ids], max_new_tokens=8)[0], skip_special_tokens=True))
     app = create_app(lambda: run, ServeSettings(api_key="k", engine=EngineSettings(reload_interval_s=600, monitor_sample_rate=0.0)))
     with TestClient(app) as http:
         client = openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=http, max_retries=0)

@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..budget import BudgetConfig, domain_score, judge, primary_metric
+from ..budget import BudgetConfig, domain_score, judge, metric_value, primary_metric
 from ..evaluate.runner import Evaluation
 from ..evaluate.stats import Score
 
@@ -35,11 +35,6 @@ class BudgetJudge:
 
 def _outside(h: dict[str, Any]) -> bool:
     return bool(h.get("budget/outside", 0.0))
-
-
-def _number(h: dict[str, Any], key: str) -> float | None:
-    v = h.get(key)
-    return float(v) if isinstance(v, (int, float)) else None
 
 
 # An evaluation outside the budget does not count towards patience while something is bringing the
@@ -67,7 +62,7 @@ class BudgetStopCallback(TrainerCallback):
         self.stopped_at: int | None = None
 
     def _count(self, h: dict[str, Any]) -> None:
-        kl, weight = _number(h, "general/kl"), _number(h, "kl_control/weight")
+        kl, weight = metric_value(h, "general/kl"), metric_value(h, "kl_control/weight")
         coming_back = kl is not None and self.last_kl is not None and kl <= (1.0 - self.progress) * self.last_kl
         steering = weight is not None and self.last_weight is not None and weight >= (1.0 + self.progress) * self.last_weight
         if not _outside(h):
