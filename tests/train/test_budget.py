@@ -108,6 +108,18 @@ def test_a_scaled_point_wins_only_when_strictly_better() -> None:
     assert (select(HISTORY, budget, tie).step, select(HISTORY, budget, tie).scale) == (30, 1.0)
 
 
+def test_a_scaled_point_chosen_because_nothing_was_inside_says_so() -> None:
+    # Every checkpoint as trained drifts past 0.05; only the adapter shrunk to 0.5 is inside.
+    hist = [HISTORY[0], {"step": 10, "general/kl": 0.09, "domain/qa_recall": 0.40}, {"step": 20, "general/kl": 0.07, "domain/qa_recall": 0.70}]
+    curve = [{"step": 20, "scale": 0.5, "general/kl": 0.03, "domain/qa_recall": 0.60}]
+    sel = select(hist, BudgetConfig(general_kl=0.05), curve)
+    assert (sel.step, sel.scale) == (20, 0.5)
+    assert sel.verdict == (
+        "step 20 at adapter scale 0.5 is the best checkpoint inside the budget (domain/qa_recall 0.100 -> 0.600); "
+        "no checkpoint was inside it at full scale (least drift: general KL 0.0700 at step 20)"
+    )
+
+
 def test_stopper_counter_survives_a_resume() -> None:
     """Outside, outside | crash and resume | outside: with patience 3 the run stops at the first
     evaluation after the resume, as it would have without the crash."""

@@ -140,6 +140,19 @@ def select(history: list[dict[str, Any]], budget: BudgetConfig, scale_curve: lis
     where = f"step {best['step']}" + (f" at adapter scale {scale}" if scale != 1.0 else "")
     if budget.is_set:
         verdict = f"{where} is the best checkpoint inside the budget ({gain})"
+        if not inside:
+            # The shrunken adapter is inside, the trained one is not: a reader of the first clause
+            # alone would think training itself stayed inside the budget.
+            verdict += f"; {_none_inside_at_full_scale(trained)}"
     else:
         verdict = f"{where} has the best domain score ({gain}); {judge(budget, best).describe()}"
     return Selection(best["step"], metric, score, verdict, scale, dict(best))
+
+
+def _none_inside_at_full_scale(trained: list[dict[str, Any]]) -> str:
+    """The clause saying that no checkpoint was inside the budget as trained, with the least drift."""
+    kls = [(kl, h["step"]) for h in trained if (kl := metric_value(h, "general/kl")) is not None]
+    if not kls:
+        return "no checkpoint was inside it at full scale"
+    kl, step = min(kls)
+    return f"no checkpoint was inside it at full scale (least drift: general KL {kl:.4f} at step {step})"
