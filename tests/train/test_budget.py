@@ -60,6 +60,18 @@ def test_a_weight_still_climbing_does_not_count_towards_patience() -> None:
     assert (cb.outside_in_a_row, cb.last_weight) == (1, 47.099)
 
 
+
+def test_drift_inside_the_controllers_aim_does_not_count_towards_patience() -> None:
+    """Early in a run the controller aims above the budget (``kl_control/aim``): a drift it lets run
+    there is not a drift out of control. Budget 0.05, aim 0.16, 0.11, 0.07, 0.04 over the run: the
+    drift 0.10, 0.10, 0.10, 0.10 is outside the budget every time but counts only from the third
+    evaluation (above its aim), so patience 2 stops at the fourth, not the second."""
+    line = lambda kl, aim: {"budget/outside": float(kl > 0.05), "general/kl": kl, "kl_control/aim": aim}  # noqa: E731
+    assert _stop_step([line(0.10, 0.16), line(0.10, 0.11), line(0.10, 0.07), line(0.10, 0.04)], patience=2) == 4
+    assert _stop_step([{k: v for k, v in line(0.10, a).items() if k != "kl_control/aim"} for a in (0.16, 0.11, 0.07, 0.04)], patience=2) == 2
+    # Exactly at the aim is still inside it.
+    assert _stop_step([line(0.10, 0.10), line(0.10, 0.10)], patience=1) is None
+
 HISTORY = [
     {"step": 0, "general/kl": 0.0, "domain/qa_recall": 0.10},
     {"step": 10, "general/kl": 0.03, "domain/qa_recall": 0.40},

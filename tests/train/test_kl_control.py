@@ -27,6 +27,13 @@ def step(c: KLController, *kls: float) -> float:
     return c.weight
 
 
+def step_at(c: KLController, progress: float, *kls: float) -> float:
+    for k in kls:
+        c.observe(k)
+    c.step(progress)
+    return c.weight
+
+
 def test_drift_above_target_raises_the_weight() -> None:
     c = ctl()
     assert c.target == pytest.approx(0.05)
@@ -75,6 +82,27 @@ def test_weight_stays_within_its_bounds() -> None:
     assert ctl(initial_weight=100.0, max_weight=3.0).weight == pytest.approx(3.0)
 
 
+def test_the_aim_tightens_over_the_run() -> None:
+    """Slack 3: the aim is 4x its final value at the start, (1 + 3 x 0.25) = 1.75x halfway, 1x at
+    the end; the target (replay units) follows it."""
+    c = ctl(slack=3.0, beta=0.0)
+    assert c.aim == pytest.approx(0.2) and c.target == pytest.approx(0.2)  # 0.5 x 0.1 x 4
+    # Halfway, a drift of 0.08 is under the aim of 0.0875: the weight holds (not reached yet).
+    assert step_at(c, 0.5, 0.08) == 1.0 and c.aim == pytest.approx(0.0875)
+    # At the end the same drift is 60% over the aim of 0.05: the weight climbs (error clipped at 0.5).
+    assert step_at(c, 1.0, 0.08) == pytest.approx(math.exp(0.1)) and c.aim == pytest.approx(0.05)
+    # A step without replay rows still moves the aim with the run, but not the weight.
+    assert step_at(c, 0.0) == pytest.approx(math.exp(0.1)) and c.aim == pytest.approx(0.2)
+    assert c.terms()["kl_control/aim"] == pytest.approx(0.2)
+    # Progress is clamped to [0, 1]; without slack the aim never moves.
+    c.step(3.0)
+    assert c.aim == pytest.approx(0.05)
+    flat = ctl()
+    assert [step_at(flat, p, 0.05) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0] and flat.aim == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="slack"):
+        ctl(slack=-1.0)
+
+
 def test_evaluation_reaims_the_replay_signal() -> None:
     c = ctl()
     step(c, 0.03)
@@ -92,7 +120,7 @@ def test_evaluation_reaims_the_replay_signal() -> None:
 
 def test_terms_name_every_part() -> None:
     c = ctl()
-    assert set(c.terms()) == {"kl_control/weight", "kl_control/target", "kl_control/ratio", "kl_control/updates"}
+    assert set(c.terms()) == {"kl_control/weight", "kl_control/target", "kl_control/aim", "kl_control/ratio", "kl_control/updates"}
     step(c, 0.06)
     t = c.terms()
     assert t["kl_control/signal"] == 0.06 and t["kl_control/signal_ema"] == 0.06 and t["kl_control/updates"] == 1.0
@@ -107,26 +135,26 @@ def _scripted(i: int) -> list[float]:
 
 
 def test_state_resumes_bit_exactly_from_a_checkpoint(tmp_path: Path) -> None:
-    full = ctl(beta=0.9)
+    full = ctl(beta=0.9, slack=2.0)
     weights = []
     for i in range(40):
-        step(full, *_scripted(i))
+        step_at(full, i / 40, *_scripted(i))
         if i % 10 == 9:
             full.observe_eval(0.07 + 0.001 * i)
         weights.append(full.weight)
 
-    first = ctl(beta=0.9)
+    first = ctl(beta=0.9, slack=2.0)
     for i in range(20):
-        step(first, *_scripted(i))
+        step_at(first, i / 40, *_scripted(i))
         if i % 10 == 9:
             first.observe_eval(0.07 + 0.001 * i)
     first.save(tmp_path)
     assert (tmp_path / A.KL_CONTROL_STATE).exists()
-    resumed = ctl(beta=0.9)
+    resumed = ctl(beta=0.9, slack=2.0)
     resumed.load(tmp_path)
-    assert resumed.state == first.state
+    assert resumed.state == first.state and resumed.aim == first.aim
     for i in range(20, 40):
-        step(resumed, *_scripted(i))
+        step_at(resumed, i / 40, *_scripted(i))
         if i % 10 == 9:
             resumed.observe_eval(0.07 + 0.001 * i)
         assert resumed.weight == weights[i]  # exact, not approx
@@ -144,7 +172,10 @@ def test_missing_or_foreign_state_is_an_error(tmp_path: Path) -> None:
 def test_config_turns_the_controller_on_only_with_a_budget() -> None:
     with_budget = load_config(None, ["budget.general_kl=0.05"])
     c = make_kl_controller(with_budget.train, with_budget.budget, kl_weight=with_budget.train.kl_to_base)
-    assert c is not None and c.budget == 0.05 and c.weight == 1.0 and c.target == pytest.approx(0.04)
+    # Aimed at 0.8 x the budget at the end of the run, 4x that (slack 3) at its start.
+    assert c is not None and c.budget == 0.05 and c.weight == 1.0 and c.slack == 3.0 and c.target == pytest.approx(0.16)
+    c.step(1.0)
+    assert c.aim == pytest.approx(0.04)
     none = load_config(None)
     assert make_kl_controller(none.train, none.budget, kl_weight=none.train.kl_to_base) is None  # no budget: fixed weight
     fixed = load_config(None, ["budget.general_kl=0.05", "train.kl_control=fixed"])
@@ -179,7 +210,7 @@ def test_tiny_run_over_budget_raises_the_weight_until_drift_is_back_under(tiny_r
     overrides = [
         "data.replay=replay.jsonl", "eval.general_suites=[]", "train.replay_ratio=0.5", "train.kl_to_base=0.01", "train.lr=0.02",
         "budget.general_kl=0.012", "train.max_steps=24", "train.eval_every=6", "train.patience=100", "train.scale_sweep=[]",
-        "train.kl_gain=2", "train.kl_weight_max=1000",
+        "train.kl_gain=2", "train.kl_weight_max=1000", "train.kl_target_slack=0",
     ]  # fmt: skip
     cfg = load_config(tiny_run / "cfg.yaml", overrides)
     run_pipeline(cfg)

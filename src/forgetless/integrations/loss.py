@@ -326,7 +326,7 @@ class _KLControlStep(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> TrainerControl:
         if self.trainer.kl_controller is not None:
-            self.trainer.kl_controller.step()
+            self.trainer.kl_controller.step(state.global_step / state.max_steps if state.max_steps else None)
         return control
 
 

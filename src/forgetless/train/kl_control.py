@@ -14,6 +14,11 @@ target just under the budget, as PPO's adaptive KL controller does for a KL targ
 - the per-step signal is measured on replay rows, the budget on general prompts at evaluation.
   At each evaluation the controller records their ratio and aims the replay signal at the value
   that corresponds to the budget's KL on the general prompts (``calibrate``).
+- the aim tightens over the run (``slack``): early on, while the LR is high and the domain loss
+  large, the drift runs ahead of any KL weight and falls back on its own as the domain is learned
+  and the LR decays; the budget binds the checkpoints that can be selected, which come late. So the
+  controller aims at ``target_fraction * budget * (1 + slack * (1 - progress)**2)``: up to
+  ``1 + slack`` times the final aim at the start, the final aim at the end of the run.
 
 The whole state is a handful of floats, saved with every checkpoint and restored on resume, so a
 resumed run steers exactly as the uninterrupted one did.
@@ -46,6 +51,7 @@ class KLControlState:
     updates: int = 0  # optimizer steps that had replay rows
     last_signal: float | None = None  # the last step's replay KL (mean over its micro-batches)
     reached: bool = False  # the smoothed signal has reached the target at least once
+    progress: float = 0.0  # share of the run's optimizer steps done at the last step
 
 
 @dataclass
@@ -57,7 +63,8 @@ class KLController:
     one noisy step cannot move the weight by more than ``exp(gain * max_error)``. ``beta``: EMA
     factor of the per-step signal (0.9 is an average over about 10 steps). ``calibrate``: re-aim
     the replay signal at each evaluation from the measured replay/general ratio, clamped to
-    ``ratio_bounds``.
+    ``ratio_bounds``. ``slack``: how far above its final aim the drift may run at the start of
+    the run (see the module docstring); 0 aims at the same drift throughout.
     """
 
     budget: float
@@ -70,12 +77,15 @@ class KLController:
     beta: float = 0.9
     calibrate: bool = True
     ratio_bounds: tuple[float, float] = (0.2, 5.0)
+    slack: float = 0.0
     state: KLControlState = field(init=False)
     _pending: list[float] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.budget <= 0:
             raise ValueError(f"KL budget must be > 0 to steer towards it, got {self.budget}")
+        if self.slack < 0:
+            raise ValueError(f"KL target slack must be >= 0, got {self.slack}")
         if not 0 < self.min_weight <= self.max_weight:
             raise ValueError(f"KL weight bounds must satisfy 0 < min <= max, got [{self.min_weight}, {self.max_weight}]")
         start = min(max(self.initial_weight, self.min_weight), self.max_weight)
@@ -89,23 +99,32 @@ class KLController:
         return math.exp(self.state.log_weight)
 
     @property
+    def aim(self) -> float:
+        """The general KL the controller aims at now (the budget's share at this point of the run)."""
+        return self.target_fraction * self.budget * (1.0 + self.slack * (1.0 - self.state.progress) ** 2)
+
+    @property
     def target(self) -> float:
         """The replay-KL value the controller steers the smoothed signal to."""
-        return self.target_fraction * self.budget * self.state.ratio
+        return self.aim * self.state.ratio
 
     def observe(self, kl: float) -> None:
         """Record one micro-batch's replay KL (called from the loss; applied at :meth:`step`)."""
         if math.isfinite(kl):
             self._pending.append(kl)
 
-    def step(self) -> None:
+    def step(self, progress: float | None = None) -> None:
         """End of an optimizer step: fold the step's replay KL into the EMA and move the weight.
 
-        A step without replay rows leaves everything unchanged: no measurement, no correction.
+        ``progress``: share of the run's optimizer steps done (global step / max steps), which sets
+        the aim; None keeps the last one. A step without replay rows moves nothing else: no
+        measurement, no correction.
         """
+        s = self.state
+        if progress is not None:
+            s.progress = min(max(progress, 0.0), 1.0)
         if not self._pending:
             return
-        s = self.state
         signal = sum(self._pending) / len(self._pending)
         self._pending.clear()
         s.last_signal = signal
@@ -137,7 +156,10 @@ class KLController:
     def terms(self) -> dict[str, float]:
         """Every term of the controller, for TensorBoard and metrics.jsonl."""
         s = self.state
-        out = {"kl_control/weight": self.weight, "kl_control/target": self.target, "kl_control/ratio": s.ratio, "kl_control/updates": float(s.updates)}
+        out = {
+            "kl_control/weight": self.weight, "kl_control/target": self.target, "kl_control/aim": self.aim,
+            "kl_control/ratio": s.ratio, "kl_control/updates": float(s.updates),
+        }  # fmt: skip
         if s.ema is not None:
             out["kl_control/signal_ema"] = s.ema
         if s.last_signal is not None:
@@ -184,7 +206,7 @@ def make_kl_controller(train: TrainConfig, budget: BudgetConfig, *, kl_weight: f
         return None
     return KLController(
         budget=budget.general_kl, initial_weight=kl_weight, min_weight=train.kl_weight_min, max_weight=train.kl_weight_max,
-        target_fraction=train.kl_target, gain=train.kl_gain,
+        target_fraction=train.kl_target, gain=train.kl_gain, slack=train.kl_target_slack,
     )  # fmt: skip
 
 
@@ -194,9 +216,10 @@ def kl_control_section(history: list[dict[str, Any]]) -> str | None:
     if not rows:
         return None
     lines = ["## KL weight steered by the budget (train.kl_control: auto)", "",
-             "Replay KL: mean of the per-step KL on replay rows since the previous evaluation; general KL: token mean on the general prompts.", "",
-             "| step | KL weight | replay KL target | replay KL | general KL |", "|---|---|---|---|---|"]  # fmt: skip
+             "Replay KL: mean of the per-step KL on replay rows since the previous evaluation; general KL: token mean on the general prompts; "
+             "aim: the general KL the controller aimed at, at that point of the run (train.kl_target_slack).", "",
+             "| step | KL weight | replay KL target | replay KL | general KL aim | general KL |", "|---|---|---|---|---|---|"]  # fmt: skip
     for h in rows:
         rk = h.get("train/replay_kl")
-        lines.append(f"| {h['step']} | {h['kl_control/weight']:.3f} | {h['kl_control/target']:.4f} | {'' if rk is None else f'{rk:.4f}'} | {h.get('general/kl', float('nan')):.4f} |")
+        lines.append(f"| {h['step']} | {h['kl_control/weight']:.3f} | {h['kl_control/target']:.4f} | {'' if rk is None else f'{rk:.4f}'} | {h.get('kl_control/aim', float('nan')):.4f} | {h.get('general/kl', float('nan')):.4f} |")
     return "\n".join(lines)
