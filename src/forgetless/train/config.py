@@ -155,7 +155,7 @@ class TrainConfig(_Section):
         # auto steers only when there is something to steer towards: with no budget.general_kl
         # (or no KL term) the weight stays train.kl_to_base, as with fixed.
         "auto",
-        description="auto: with a budget.general_kl set, the KL-to-base weight is adapted every step (starting at kl_to_base) so the drift sits at kl_target x the budget; fixed: always kl_to_base.",
+        description="auto: with a budget.general_kl set, the KL-to-base weight is adapted every step (starting at kl_to_base) so the drift follows its aim, (1 + kl_target_slack) x kl_target x the budget at the start down to kl_target x the budget at the end; fixed: always kl_to_base.",
     )
     kl_weight_min: float = Field(0.05, gt=0, description="Lowest KL-to-base weight the controller may set (train.kl_control: auto).")
     kl_weight_max: float = Field(
@@ -173,7 +173,7 @@ class TrainConfig(_Section):
         # Under 1: the per-step signal is noisy and the budget is a ceiling every selected
         # checkpoint must respect, so the controller aims a margin below it.
         0.8, gt=0, le=1,
-        description="Where the controller aims the drift, as a fraction of budget.general_kl.",
+        description="Where the controller aims the drift by the end of the run, as a fraction of budget.general_kl.",
     )
     kl_target_slack: float = Field(
         # The drift of a LoRA run under KL-to-base peaks early and falls back on its own: on the
