@@ -60,7 +60,6 @@ def test_a_weight_still_climbing_does_not_count_towards_patience() -> None:
     assert (cb.outside_in_a_row, cb.last_weight) == (1, 47.099)
 
 
-
 def test_drift_inside_the_controllers_aim_does_not_count_towards_patience() -> None:
     """Early in a run the controller aims above the budget (``kl_control/aim``): a drift it lets run
     there is not a drift out of control. Budget 0.05, aim 0.16, 0.11, 0.07, 0.04 over the run: the
@@ -71,6 +70,7 @@ def test_drift_inside_the_controllers_aim_does_not_count_towards_patience() -> N
     assert _stop_step([{k: v for k, v in line(0.10, a).items() if k != "kl_control/aim"} for a in (0.16, 0.11, 0.07, 0.04)], patience=2) == 2
     # Exactly at the aim is still inside it.
     assert _stop_step([line(0.10, 0.10), line(0.10, 0.10)], patience=1) is None
+
 
 HISTORY = [
     {"step": 0, "general/kl": 0.0, "domain/qa_recall": 0.10},

@@ -20,14 +20,7 @@ def ctl(**kw: float) -> KLController:
     return KLController(**{**args, **kw})
 
 
-def step(c: KLController, *kls: float) -> float:
-    for k in kls:
-        c.observe(k)
-    c.step()
-    return c.weight
-
-
-def step_at(c: KLController, progress: float, *kls: float) -> float:
+def step(c: KLController, *kls: float, progress: float | None = None) -> float:
     for k in kls:
         c.observe(k)
     c.step(progress)
@@ -88,17 +81,17 @@ def test_the_aim_tightens_over_the_run() -> None:
     c = ctl(slack=3.0, beta=0.0)
     assert c.aim == pytest.approx(0.2) and c.target == pytest.approx(0.2)  # 0.5 x 0.1 x 4
     # Halfway, a drift of 0.08 is under the aim of 0.0875: the weight holds (not reached yet).
-    assert step_at(c, 0.5, 0.08) == 1.0 and c.aim == pytest.approx(0.0875)
+    assert step(c, 0.08, progress=0.5) == 1.0 and c.aim == pytest.approx(0.0875)
     # At the end the same drift is 60% over the aim of 0.05: the weight climbs (error clipped at 0.5).
-    assert step_at(c, 1.0, 0.08) == pytest.approx(math.exp(0.1)) and c.aim == pytest.approx(0.05)
+    assert step(c, 0.08, progress=1.0) == pytest.approx(math.exp(0.1)) and c.aim == pytest.approx(0.05)
     # A step without replay rows still moves the aim with the run, but not the weight.
-    assert step_at(c, 0.0) == pytest.approx(math.exp(0.1)) and c.aim == pytest.approx(0.2)
+    assert step(c, progress=0.0) == pytest.approx(math.exp(0.1)) and c.aim == pytest.approx(0.2)
     assert c.terms()["kl_control/aim"] == pytest.approx(0.2)
     # Progress is clamped to [0, 1]; without slack the aim never moves.
     c.step(3.0)
     assert c.aim == pytest.approx(0.05)
     flat = ctl()
-    assert [step_at(flat, p, 0.05) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0] and flat.aim == pytest.approx(0.05)
+    assert [step(flat, 0.05, progress=p) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0] and flat.aim == pytest.approx(0.05)
     with pytest.raises(ValueError, match="slack"):
         ctl(slack=-1.0)
 
@@ -138,14 +131,14 @@ def test_state_resumes_bit_exactly_from_a_checkpoint(tmp_path: Path) -> None:
     full = ctl(beta=0.9, slack=2.0)
     weights = []
     for i in range(40):
-        step_at(full, i / 40, *_scripted(i))
+        step(full, *_scripted(i), progress=i / 40)
         if i % 10 == 9:
             full.observe_eval(0.07 + 0.001 * i)
         weights.append(full.weight)
 
     first = ctl(beta=0.9, slack=2.0)
     for i in range(20):
-        step_at(first, i / 40, *_scripted(i))
+        step(first, *_scripted(i), progress=i / 40)
         if i % 10 == 9:
             first.observe_eval(0.07 + 0.001 * i)
     first.save(tmp_path)
@@ -154,7 +147,7 @@ def test_state_resumes_bit_exactly_from_a_checkpoint(tmp_path: Path) -> None:
     resumed.load(tmp_path)
     assert resumed.state == first.state and resumed.aim == first.aim
     for i in range(20, 40):
-        step_at(resumed, i / 40, *_scripted(i))
+        step(resumed, *_scripted(i), progress=i / 40)
         if i % 10 == 9:
             resumed.observe_eval(0.07 + 0.001 * i)
         assert resumed.weight == weights[i]  # exact, not approx
