@@ -6,6 +6,7 @@ against general drift (KL to base) and general accuracy, and draws a Pareto plot
     python bench/forgetting.py --steps 110 --extra train.batch_size=4 eval.batch_size=64
     python bench/forgetting.py --steps 110 --seed 1 ...   # the same arms again on seed 1
     python bench/forgetting.py --arms "naive full FT" --lr-sweep   # the baseline at 3 LRs
+    python bench/forgetting.py --arms "naive full FT" --lr-sweep 1e-4   # one point of that sweep
 
 The forgetless arm is what a user gets: the library's defaults plus ``budget.general_kl`` and
 nothing else (no rank, LR or step overrides; ``--ours`` adds some for a sweep point, and its name
@@ -140,11 +141,14 @@ def planned_arms(names: list[str], args: argparse.Namespace) -> list[tuple[str, 
     for name in names:
         if name not in ARMS:
             raise SystemExit(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
+        if args.lr_sweep and name != "forgetless default" and not set(args.lr_sweep) & set(LR_SWEEP[name]):
+            raise SystemExit(f"--lr-sweep {' '.join(args.lr_sweep)}: none of {name!r}'s sweep points ({', '.join(LR_SWEEP[name])})")
         if name == "forgetless default":
             variants = [(f"{name} {args.name}".strip(), [f"budget.general_kl={args.budget_kl}", *args.ours, *common])]
         else:
             base = [*ARMS[name], f"train.max_steps={args.steps}", "budget.general_kl=null", *common, *recipe]
-            lrs = LR_SWEEP[name] if args.lr_sweep else (None,)
+            # ``--lr-sweep 1e-4`` runs one point of the sweep, so a long CPU sweep can be done in pieces.
+            lrs = [lr for lr in LR_SWEEP[name] if not args.lr_sweep or lr in args.lr_sweep] if args.lr_sweep is not None else [None]
             variants = [(name if lr is None else f"{name} lr {lr}", base + ([f"train.lr={lr}"] if lr else [])) for lr in lrs]
         for label, ov in variants:
             if args.seed:
@@ -160,7 +164,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-forgetting")
     ap.add_argument("--data", type=Path, default=SAMPLE, help="domain folder (docs.jsonl, train_qa.jsonl, heldout_qa.jsonl, heldout_mc.jsonl)")
     ap.add_argument("--budget-kl", type=float, default=DEFAULT_BUDGET_KL, help="the forgetless arm's budget.general_kl (its only setting)")
-    ap.add_argument("--lr-sweep", action="store_true", help="run each naive arm at its 3 LRs (LR_SWEEP) instead of its default one")
+    ap.add_argument("--lr-sweep", nargs="*", default=None, metavar="LR", help="run each naive arm at its 3 LRs (LR_SWEEP) instead of its default one; with LRs, only those points of the sweep")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides for every arm (train./lora. items: the naive arms only)")
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to (re)run; others are read back from --out")
     ap.add_argument("--ours", nargs="*", default=[], help="extra overrides for the forgetless arm (a sweep point)")
