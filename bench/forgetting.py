@@ -34,6 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from forgetless import artifacts as A
 from forgetless.config import load_config
 from forgetless.pipeline import run_pipeline
 from forgetless.runfolder import read_run_folder
@@ -180,12 +181,7 @@ def main() -> None:
         summary = run_pipeline(load_config(None, ov), console=console)
         row = {**result_row(run_dir, summary), "seconds": round(time.time() - t), "overrides": ov}
         (run_dir / "arm.json").write_text(json.dumps({"arm": label, **row}, indent=2))
-    # Rows are re-read from each run folder, so arms recorded by an older version of this script
-    # show the newer columns too; arm.json adds the wall time and the overrides.
-    rows = {}
-    for p in sorted(args.out.glob("*/arm.json")):
-        r = json.loads(p.read_text())
-        rows[r["arm"]] = {**r, **result_row(p.parent, read_run_folder(p.parent).summary())}
+    rows = read_arms(args.out)
     table = Table(title=f"Forgetting benchmark: {args.data.name} domain, naive arms {args.steps} steps, forgetless the library defaults + budget.general_kl {args.budget_kl}")
     cols = ["step", "scale", f"{GOAL_METRIC} 95%", "gain domain/qa_recall", f"gain {DOC_ONLY}", "gain domain/mc_acc", "general/kl", "gain general/knowledge_mc", "domain rows/step", "replay rows/step", "tokens/step", "seconds"]
     table.add_column("arm")
@@ -199,6 +195,23 @@ def main() -> None:
         console.print(line)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     plot(rows, args.out / "pareto.png", args.budget_kl)
+
+
+def read_arms(out: Path) -> dict[str, dict]:
+    """Every arm under ``out`` by name: re-read from its run folder where that is at hand, else as
+    its ``arm.json`` recorded it when it ran.
+
+    Re-reading shows the newer columns on arms recorded by an older version of this script; a bare
+    ``arm.json`` (a run folder copied without its weights, e.g. the records under ``docs/``) keeps a
+    result whose run folder is gone in the table and the plot.
+    """
+    rows = {}
+    for p in sorted(out.glob("*/arm.json")):
+        r = json.loads(p.read_text())
+        if (p.parent / A.METRICS).exists():
+            r = {**r, **result_row(p.parent, read_run_folder(p.parent).summary())}
+        rows[r["arm"]] = r
+    return rows
 
 
 def recipe(name: str) -> str:

@@ -1,0 +1,60 @@
+"""bench/forgetting.py's bookkeeping: the LR sweep's points, and the table read back from arm records."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "forgetting.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("forgetting", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def _args(lr_sweep: list[str] | None, seed: int = 0) -> argparse.Namespace:
+    return argparse.Namespace(extra=["train.batch_size=4"], lr_sweep=lr_sweep, budget_kl=0.05, ours=[], name="", seed=seed, steps=110)
+
+
+def test_the_lr_sweep_runs_all_its_points_or_the_ones_named() -> None:
+    bench = _bench()
+    every = [label for label, _ in bench.planned_arms(["naive full FT"], _args([]))]
+    assert every == ["naive full FT lr 2e-5", "naive full FT lr 5e-5", "naive full FT lr 1e-4"]
+    (label, ov), (ours, ours_ov) = bench.planned_arms(["naive full FT", "forgetless default"], _args(["1e-4"], seed=2))
+    assert label == "naive full FT lr 1e-4 seed 2" and ov[-2:] == ["train.lr=1e-4", "seed=2"]
+    # The forgetless arm is the defaults and the budget whatever the sweep: no LR of its own.
+    assert ours == "forgetless default seed 2" and ours_ov == ["budget.general_kl=0.05", "seed=2"]
+    assert [label for label, _ in bench.planned_arms(["naive LoRA"], _args(None))] == ["naive LoRA"]
+    with pytest.raises(SystemExit, match="none of 'naive LoRA'"):
+        bench.planned_arms(["naive LoRA"], _args(["1e-4"]))
+
+
+def test_arms_kept_as_records_alone_are_judged_on_their_means(tmp_path: Path) -> None:
+    bench = _bench()
+    records = [
+        ("naive full FT", 0, 0.20, 0.70),
+        ("naive full FT seed 1", 1, 0.30, 0.74),
+        ("naive full FT lr 1e-4", 0, 0.40, 1.00),
+        ("forgetless default", 0, 0.20, 0.04),
+        ("forgetless default seed 1", 1, 0.40, 0.06),
+    ]
+    for arm, seed, gain, kl in records:
+        d = tmp_path / arm.replace(" ", "-")
+        d.mkdir()
+        (d / "arm.json").write_text(json.dumps({"arm": arm, "seed": seed, "gain domain/qa_recall": gain, "general/kl": kl}))
+    rows = bench.read_arms(tmp_path)
+    assert sorted(rows) == sorted(a for a, *_ in records)
+    best, lines = bench.goal_lines(rows, 0.05)[0], bench.goal_lines(rows, 0.05)[1:]
+    # lr 1e-4's one seed (0.40) beats lr 5e-5's mean (0.25): the goal is judged against it.
+    assert best.startswith("best full FT (naive full FT lr 1e-4) over 1 seed(s)") and "gain 0.400" in best
+    # Mean 0.30 of 0.40 = 75%, at mean KL 0.05, 5% of full FT's 1.00.
+    assert len(lines) == 1 and "seeds 0, 1" in lines[0] and "75% of the best" in lines[0] and "mean general KL 0.050" in lines[0] and "5% of full FT's" in lines[0]
+    bench.plot(rows, tmp_path / "pareto.png", 0.05)
+    assert (tmp_path / "pareto.png").stat().st_size > 0
