@@ -194,7 +194,7 @@ def main() -> None:
     for line in goal_lines(rows, args.budget_kl):
         console.print(line)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
-    plot(rows, args.out / "pareto.png", args.budget_kl)
+    plot(rows, args.out / "pareto.png", args.budget_kl, args.data.name)
 
 
 def read_arms(out: Path) -> dict[str, dict]:
@@ -233,8 +233,10 @@ def groups_of(rows: dict[str, dict]) -> dict[str, list[dict]]:
 
 
 def mean(group: list[dict], key: str) -> float:
-    """Mean of ``key`` over the seeds of one recipe (0 where an arm lacks it)."""
-    return sum(r.get(key, 0.0) for r in group) / len(group)
+    """Mean of ``key`` over the seeds of one recipe that measured it (NaN when none did): a record
+    that lacks a column must not count as a zero."""
+    vals = [r[key] for r in group if key in r]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def best_full_ft(groups: dict[str, list[dict]]) -> tuple[str, list[dict]] | None:
@@ -269,15 +271,16 @@ def goal_lines(rows: dict[str, dict], budget: float) -> list[str]:
         kls = ", ".join(f"{r['general/kl']:.3f}" for r in g)
         seeds = f"seeds {', '.join(str(r['seed']) for r in g)}" if len(g) > 1 else f"seed {g[0]['seed']}"
         doc = mean(g, f"gain {DOC_ONLY}") / doc_full if doc_full > 0 else float("nan")
+        doc_n = sum(f"gain {DOC_ONLY}" in r for r in g)
         lines.append(
             f"{key} ({seeds}; gains {gains}; KL {kls}): {keep:.0%} of the best full FT's {GOAL_METRIC} gain "
             f"(goal >= 100%) at mean general KL {mean(g, 'general/kl'):.3f} (goal <= {budget}), {mean(g, 'general/kl') / kl_full:.0%} of full FT's; "
-            f"on doc-only facts {doc:.0%} of full FT's gain"
+            f"on doc-only facts {doc:.0%} of full FT's gain" + (f" ({doc_n} of {len(g)} seeds recorded it)" if doc_n < len(g) else "")
         )
     return lines
 
 
-def plot(rows: dict[str, dict], path: Path, budget: float) -> None:
+def plot(rows: dict[str, dict], path: Path, budget: float, domain: str = "") -> None:
     """Domain gain (y) against general KL (x), with the goal's corner shaded: up and left is better."""
     import matplotlib
 
@@ -294,14 +297,14 @@ def plot(rows: dict[str, dict], path: Path, budget: float) -> None:
     for i, (name, r) in enumerate(rows.items()):
         # A legend rather than labels: sweep points often share a recall (steps of 1/60) and a KL.
         # Markers change with the colours, so more than 10 arms stay distinguishable.
-        ax.scatter(r["general/kl"], r.get(f"gain {GOAL_METRIC}", 0.0), s=50, marker="os^D"[i // 10 % 4], label=name.removeprefix("forgetless default "))
+        ax.scatter(r["general/kl"], r.get(f"gain {GOAL_METRIC}", 0.0), s=50, marker="os^D"[i // 10 % 4], label=name)
     for key, g in groups.items():
         if len(g) > 1:
-            ax.scatter(mean(g, "general/kl"), mean(g, f"gain {GOAL_METRIC}"), s=220, marker="*", edgecolors="black", label=f"{key.removeprefix('forgetless default ')}: mean of {len(g)} seeds")
+            ax.scatter(mean(g, "general/kl"), mean(g, f"gain {GOAL_METRIC}"), s=220, marker="*", edgecolors="black", label=f"{key}: mean of {len(g)} seeds")
     ax.set_xscale("symlog", linthresh=0.01)  # KL spans 0.01-1.5 across arms
     ax.set_xlabel("general KL(base || tuned), nats/token (lower is better)")
     ax.set_ylabel(f"{GOAL_METRIC} gain over base")
-    ax.set_title("Domain gain vs forgetting (one run per point; stars: means over seeds)")
+    ax.set_title(f"{domain + ': ' if domain else ''}domain gain vs forgetting (one run per point; stars: means over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()

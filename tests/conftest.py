@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import textwrap
+from types import ModuleType
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,16 @@ def tiny_run(tmp_path: Path, tiny_model_dir: Path) -> Path:
         )
     )
     return tmp_path
+
+
+@pytest.fixture
+def load_bench():
+    """Import a script of bench/ by name (bench/ is not a package): ``load_bench("forgetting")``."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        return mod
+
+    return load

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "scale_gpu.py"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("scale_gpu", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    return mod
-
-
-def test_scale_gpu_tiny_runs_every_family_and_mode(capsys) -> None:
-    bench = _bench()
+def test_scale_gpu_tiny_runs_every_family_and_mode(load_bench, capsys) -> None:
+    bench = load_bench("scale_gpu")
     rows = bench.main(["--tiny"])
     assert [(r["family"], r["mode"]) for r in rows] == [(f, m) for f in ("llama", "qwen", "gemma") for m in ("hf", "forgetless")]
     for r in rows:
@@ -27,9 +16,9 @@ def test_scale_gpu_tiny_runs_every_family_and_mode(capsys) -> None:
     assert "| gemma | 0.5b |" in capsys.readouterr().out
 
 
-def test_scale_gpu_shapes_are_the_named_sizes() -> None:
+def test_scale_gpu_shapes_are_the_named_sizes(load_bench) -> None:
     """The configs give about the parameter counts their size classes name (counted, not built)."""
-    bench = _bench()
+    bench = load_bench("scale_gpu")
     for family, sizes in bench.SHAPES.items():
         for size in sizes:
             c = bench.make_config(family, size, tiny=False)
