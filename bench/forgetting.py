@@ -142,14 +142,16 @@ def planned_arms(names: list[str], args: argparse.Namespace) -> list[tuple[str, 
     for name in names:
         if name not in ARMS:
             raise SystemExit(f"unknown arm {name!r}; arms: {', '.join(ARMS)}")
-        if args.lr_sweep and name != "forgetless default" and not set(args.lr_sweep) & set(LR_SWEEP[name]):
-            raise SystemExit(f"--lr-sweep {' '.join(args.lr_sweep)}: none of {name!r}'s sweep points ({', '.join(LR_SWEEP[name])})")
         if name == "forgetless default":
             variants = [(f"{name} {args.name}".strip(), [f"budget.general_kl={args.budget_kl}", *args.ours, *common])]
         else:
             base = [*ARMS[name], f"train.max_steps={args.steps}", "budget.general_kl=null", *common, *recipe]
-            # ``--lr-sweep 1e-4`` runs one point of the sweep, so a long CPU sweep can be done in pieces.
-            lrs = [lr for lr in LR_SWEEP[name] if not args.lr_sweep or lr in args.lr_sweep] if args.lr_sweep is not None else [None]
+            lrs: list[str | None] = [None]
+            if args.lr_sweep is not None:
+                # ``--lr-sweep 1e-4`` runs one point of the sweep, so a long CPU sweep can be done in pieces.
+                lrs = [lr for lr in LR_SWEEP[name] if not args.lr_sweep or lr in args.lr_sweep]
+                if not lrs:
+                    raise SystemExit(f"--lr-sweep {' '.join(args.lr_sweep)}: none of {name!r}'s sweep points ({', '.join(LR_SWEEP[name])})")
             variants = [(name if lr is None else f"{name} lr {lr}", base + ([f"train.lr={lr}"] if lr else [])) for lr in lrs]
         for label, ov in variants:
             if args.seed:
