@@ -47,6 +47,14 @@ def test_arms_kept_as_records_alone_are_judged_on_their_means(load_bench, tmp_pa
     # Mean 0.30 of 0.40 = 75%, at mean KL 0.05, 5% of full FT's 1.00.
     assert len(lines) == 1 and "seeds 0, 1" in lines[0] and "75% of the best" in lines[0] and "mean general KL 0.050" in lines[0] and "5% of full FT's" in lines[0]
     # No record measured doc-only recall: said so, not averaged as zeros.
-    assert "doc-only facts nan% of full FT's gain (0 of 2 seeds recorded it)" in lines[0]
+    assert "doc-only facts not recorded (0 of 2 seeds recorded it)" in lines[0]
     bench.plot(rows, tmp_path / "pareto.png", 0.05)
     assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_doc_only_gain_is_a_share_of_full_fts_only_where_full_ft_learned_some(load_bench) -> None:
+    bench = load_bench("forgetting")
+    assert bench.doc_only_clause(0.10, 0.40) == "on doc-only facts 25% of full FT's gain"
+    # Full FT learned none of them (verrand): the recipe's own gain, not a share of zero.
+    assert bench.doc_only_clause(0.05, 0.0) == "on doc-only facts a gain of 0.050 where full FT gained none"
+    assert bench.doc_only_clause(float("nan"), 0.40) == "doc-only facts not recorded"
