@@ -88,9 +88,10 @@ class TrainConfig(_Section):
 
     # Facts need several exposures: packing turns a few hundred short texts into a few dozen rows,
     # so 3 passes were ~30 optimizer steps and learned almost nothing. Measured on three domains
-    # (bench/forgetting.py, budget 0.05): 10 passes learned 0.483-0.683 of the held-out answers
-    # where 7 learned 0.233-0.533, at the same drift; 10 passes over the domain rows are also what
-    # the naive baselines get in their 110 steps (9.8-10.7 passes, no replay rows to share with).
+    # (bench/forgetting.py, budget 0.05): 10 passes answered 0.572 / 0.716 / 0.189 of the
+    # held-out questions (pharma / quillmark / verrand, 3 seeds) where 7 answered 0.258 / 0.508 /
+    # 0.125 (2 seeds), at the same drift; 10 passes over the domain rows are also what the naive
+    # baselines get in their 110 steps (9.8-10.7 passes, no replay rows to share them with).
     epochs: float = Field(10.0, gt=0, description="Passes over the training data, replay rows included (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate. Large LRs learn fast and forget fast.")
