@@ -16,7 +16,7 @@ def _args(lr_sweep: list[str] | None, seed: int = 0) -> argparse.Namespace:
 def test_the_lr_sweep_runs_all_its_points_or_the_ones_named(load_bench) -> None:
     bench = load_bench("forgetting")
     every = [label for label, _ in bench.planned_arms(["naive full FT"], _args([]))]
-    assert every == ["naive full FT lr 5e-5", "naive full FT lr 1e-4", "naive full FT lr 2e-4"]
+    assert every == ["naive full FT lr 1e-4", "naive full FT lr 2e-4", "naive full FT lr 4e-4"]
     (label, ov), (ours, ours_ov) = bench.planned_arms(["naive full FT", "forgetless default"], _args(["1e-4"], seed=2))
     assert label == "naive full FT lr 1e-4 seed 2" and ov[-2:] == ["train.lr=1e-4", "seed=2"]
     # The forgetless arm is the defaults and the budget whatever the sweep: no LR of its own.
