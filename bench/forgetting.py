@@ -139,6 +139,18 @@ def split_extra(extra: list[str]) -> tuple[list[str], list[str]]:
     return [e for e in extra if e not in recipe], recipe
 
 
+def arm_action(run_dir: Path, resume: bool) -> str:
+    """What to do with an arm's folder: "start" afresh, "continue" its unfinished run, or "keep" its record.
+
+    Without --resume every arm named is run from scratch. With it, a finished arm (its arm.json
+    written) is kept and an unfinished one continues from its last complete checkpoint, so a
+    crash (a full disk, a killed job) costs the steps since that checkpoint, not the whole arm.
+    """
+    if not resume or not (run_dir / A.METRICS).exists():
+        return "start"
+    return "keep" if (run_dir / "arm.json").exists() else "continue"
+
+
 def planned_arms(names: list[str], args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(label, overrides) for every arm to run now: the LR sweep expands each naive arm into 3."""
     common, recipe = split_extra(args.extra)
@@ -176,16 +188,23 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to (re)run; others are read back from --out")
     ap.add_argument("--ours", nargs="*", default=[], help="extra overrides for the forgetless arm (a sweep point)")
     ap.add_argument("--name", default="", help="suffix for the forgetless arm's name, to keep sweep points side by side")
+    ap.add_argument("--resume", action="store_true", help="keep arms already finished in --out and continue unfinished ones from their last complete checkpoint")
     ap.add_argument("--seed", type=int, default=0, help="seed for every arm run now (data order, LoRA init, replay sampling); arms with seed != 0 get ' seed N' in their name")
     args = ap.parse_args()
     console = Console(width=240)
     for label, overrides in planned_arms([a.strip() for a in args.arms.split(",") if a.strip()], args):
         run_dir = arm_dir(args.out, label)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        action = arm_action(run_dir, args.resume)
+        if action == "keep":
+            console.print(f"{label}: finished before, kept ({run_dir / 'arm.json'})")
+            continue
+        if action == "start":
+            shutil.rmtree(run_dir, ignore_errors=True)
         ov = [f"run_dir={run_dir}", *domain_overrides(args.data), *EVAL, *overrides]
         t = time.time()
-        summary = run_pipeline(load_config(None, ov), console=console)
-        row = {**result_row(run_dir, summary), "seconds": round(time.time() - t), "overrides": ov}
+        summary = run_pipeline(load_config(None, ov), resume=action == "continue", console=console)
+        # A continued arm's seconds are this call's only: the record says so rather than pass them off as the arm's wall.
+        row = {**result_row(run_dir, summary), "seconds": round(time.time() - t), "resumed": action == "continue", "overrides": ov}
         (run_dir / "arm.json").write_text(json.dumps({"arm": label, **row}, indent=2))
     rows = read_arms(args.out)
     table = Table(title=f"Forgetting benchmark: {args.data.name} domain, naive arms {args.steps} steps, forgetless the library defaults + budget.general_kl {args.budget_kl}")

@@ -58,3 +58,16 @@ def test_doc_only_gain_is_a_share_of_full_fts_only_where_full_ft_learned_some(lo
     # Full FT learned none of them (verrand): the recipe's own gain, not a share of zero.
     assert bench.doc_only_clause(0.05, 0.0) == "on doc-only facts a gain of 0.050 where full FT gained none"
     assert bench.doc_only_clause(float("nan"), 0.40) == "doc-only facts not recorded"
+
+
+def test_resume_keeps_finished_arms_and_continues_unfinished_ones(load_bench, tmp_path: Path) -> None:
+    bench = load_bench("forgetting")
+    fresh, crashed, done = tmp_path / "fresh", tmp_path / "crashed", tmp_path / "done"
+    crashed.mkdir()
+    (crashed / "metrics.jsonl").write_text('{"step": 0}\n')
+    done.mkdir()
+    (done / "metrics.jsonl").write_text('{"step": 0}\n')
+    (done / "arm.json").write_text("{}")
+    assert [bench.arm_action(d, True) for d in (fresh, crashed, done)] == ["start", "continue", "keep"]
+    # Without --resume every arm named is run again from scratch, whatever its folder holds.
+    assert [bench.arm_action(d, False) for d in (fresh, crashed, done)] == ["start", "start", "start"]
