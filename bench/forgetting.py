@@ -37,6 +37,7 @@ from rich.table import Table
 
 from forgetless import artifacts as A
 from forgetless.config import load_config
+from forgetless.io import atomic_write_json
 from forgetless.pipeline import run_pipeline
 from forgetless.runfolder import read_run_folder
 from forgetless.train.config import TrainConfig
@@ -82,6 +83,8 @@ ARMS: dict[str, list[str]] = {
 # points below it only add weaker ones.
 LR_SWEEP: dict[str, tuple[str, ...]] = {"naive full FT": ("1e-4", "2e-4", "4e-4"), "naive LoRA": ("5e-4", "1e-3", "2e-3")}
 DEFAULT_BUDGET_KL = 0.05
+# Each arm's record in its folder; --resume takes its presence for "this arm finished".
+ARM_RECORD = "arm.json"
 DOMAIN = ("domain/qa_recall", "domain/mc_acc")
 # The goal is judged on the pipeline's own primary domain score (forgetless.budget.primary_metric): answer recall.
 GOAL_METRIC = "domain/qa_recall"
@@ -149,7 +152,7 @@ def arm_action(run_dir: Path, resume: bool) -> str:
     """
     if not resume or not (run_dir / A.METRICS).exists():
         return "start"
-    return "keep" if (run_dir / "arm.json").exists() else "continue"
+    return "keep" if (run_dir / ARM_RECORD).exists() else "continue"
 
 
 def planned_arms(names: list[str], args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -197,7 +200,7 @@ def main() -> None:
         run_dir = arm_dir(args.out, label)
         action = arm_action(run_dir, args.resume)
         if action == "keep":
-            console.print(f"{label}: finished before, kept ({run_dir / 'arm.json'})")
+            console.print(f"{label}: finished before, kept ({run_dir / ARM_RECORD})")
             continue
         if action == "start":
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -206,7 +209,8 @@ def main() -> None:
         summary = run_pipeline(load_config(None, ov), resume=action == "continue", console=console)
         # A continued arm's seconds are this call's only: the record says so rather than pass them off as the arm's wall.
         row = {**result_row(run_dir, summary), "seconds": round(time.time() - t), "resumed": action == "continue", "overrides": ov}
-        (run_dir / "arm.json").write_text(json.dumps({"arm": label, **row}, indent=2))
+        # Atomic: a record cut short by a crash would be kept by --resume as a finished arm.
+        atomic_write_json(run_dir / ARM_RECORD, {"arm": label, **row})
     rows = read_arms(args.out)
     table = Table(title=f"Forgetting benchmark: {args.data.name} domain, naive arms {args.steps} steps, forgetless the library defaults + budget.general_kl {args.budget_kl}")
     cols = ["step", "scale", f"{GOAL_METRIC} 95%", "gain domain/qa_recall", f"gain {DOC_ONLY}", "gain domain/mc_acc", "general/kl", "gain general/knowledge_mc", "domain rows/step", "replay rows/step", "tokens/step", "seconds"]
@@ -232,7 +236,7 @@ def read_arms(out: Path) -> dict[str, dict]:
     result whose run folder is gone in the table and the plot.
     """
     rows = {}
-    for p in sorted(out.glob("*/arm.json")):
+    for p in sorted(out.glob(f"*/{ARM_RECORD}")):
         r = json.loads(p.read_text())
         if (p.parent / A.METRICS).exists():
             r = {**r, **result_row(p.parent, read_run_folder(p.parent).summary())}
