@@ -46,6 +46,22 @@ def test_room_under_target_lowers_the_weight_once_the_target_was_reached() -> No
     assert step(c, 0.0) == pytest.approx(math.exp(-0.04 - 0.1))  # -1 clipped to -0.5
 
 
+def test_an_evaluation_after_warmup_ends_the_hold() -> None:
+    c = ctl(warmup=0.1)
+    assert step(c, 0.02, progress=0.05) == 1.0
+    c.observe_eval(0.04)  # inside the warmup: the drift may not have started yet, the hold stays
+    assert not c.state.reached and step(c, 0.02, progress=0.08) == 1.0
+    step(c, 0.02, progress=0.2)
+    c.observe_eval(0.04)  # after it: the room is measured; ratio 0.02 / 0.04 re-aims the target to 0.025
+    assert c.state.reached and c.target == pytest.approx(0.025)
+    assert step(c, 0.02, progress=0.21) == pytest.approx(math.exp(-0.2 * 0.2))  # 0.02 / 0.025 - 1 = -0.2
+    # The step-0 evaluation of the base (no drift) ends nothing.
+    d = ctl()
+    step(d, 0.01, progress=0.5)
+    d.observe_eval(0.0)
+    assert not d.state.reached and step(d, 0.01) == 1.0
+
+
 def test_on_target_or_without_replay_rows_nothing_moves() -> None:
     c = ctl()
     # The step's signal is the mean over its micro-batches: (0.04 + 0.06) / 2 is the target.

@@ -9,8 +9,9 @@ target just under the budget, as PPO's adaptive KL controller does for a KL targ
   term), smooths it with an exponential moving average, and moves ``log(weight)`` by
   ``gain * clip(ema / target - 1)``: up while the drift runs above the target, down while there
   is room, but never down before the drift has first reached the target (the low drift of an
-  untrained adapter is not room). In log space, so the weight stays positive and a factor of 2
-  costs the same either way.
+  untrained adapter is not room) or an evaluation after the LR warmup has measured the drift on
+  the general prompts (then the room is measured, not assumed). In log space, so the weight stays
+  positive and a factor of 2 costs the same either way.
 - the per-step signal is measured on replay rows, the budget on general prompts at evaluation.
   At each evaluation the controller records their ratio and aims the replay signal at the value
   that corresponds to the budget's KL on the general prompts (``calibrate``).
@@ -50,7 +51,7 @@ class KLControlState:
     ratio: float = 1.0  # replay KL / general KL at the last evaluation that could measure it
     updates: int = 0  # optimizer steps that had replay rows
     last_signal: float | None = None  # the last step's replay KL (mean over its micro-batches)
-    reached: bool = False  # the smoothed signal has reached the target at least once
+    reached: bool = False  # lowering allowed: the signal reached the target, or an evaluation after warmup measured the drift
     progress: float = 0.0  # share of the run's optimizer steps done at the last step
 
 
@@ -64,7 +65,9 @@ class KLController:
     factor of the per-step signal (0.9 is an average over about 10 steps). ``calibrate``: re-aim
     the replay signal at each evaluation from the measured replay/general ratio, clamped to
     ``ratio_bounds``. ``slack``: how far above its final aim the drift may run at the start of
-    the run (see the module docstring); 0 aims at the same drift throughout.
+    the run (see the module docstring); 0 aims at the same drift throughout. ``warmup``: share
+    of the run spent warming up the LR; an evaluation before its end does not end the hold on
+    lowering the weight.
     """
 
     budget: float
@@ -78,6 +81,7 @@ class KLController:
     calibrate: bool = True
     ratio_bounds: tuple[float, float] = (0.2, 5.0)
     slack: float = 0.0
+    warmup: float = 0.0
     state: KLControlState = field(init=False)
     _pending: list[float] = field(default_factory=list, init=False, repr=False)
 
@@ -146,12 +150,19 @@ class KLController:
         If the replay rows drift half as much as the general prompts, the replay signal must sit at
         half the budget for the general KL to sit at the budget. Skipped before any replay signal,
         and when the drift is too small for its ratio to mean anything (step 0, a near no-op).
+
+        After the warmup it also ends the hold on lowering the weight: a long run's warmup can
+        keep the early drift under the target, and the hold then kept the weight at its start
+        while the evaluations measured the drift at half its aim or less.
         """
         s = self.state
-        if not self.calibrate or general_kl is None or s.ema is None or general_kl < 1e-4 or s.ema < 1e-6:
+        if general_kl is None or s.ema is None or general_kl < 1e-4 or s.ema < 1e-6:
             return
-        lo, hi = self.ratio_bounds
-        s.ratio = max(lo, min(hi, s.ema / general_kl))
+        if s.progress >= self.warmup:
+            s.reached = True
+        if self.calibrate:
+            lo, hi = self.ratio_bounds
+            s.ratio = max(lo, min(hi, s.ema / general_kl))
 
     def terms(self) -> dict[str, float]:
         """Every term of the controller, for TensorBoard and metrics.jsonl."""
@@ -206,7 +217,7 @@ def make_kl_controller(train: TrainConfig, budget: BudgetConfig, *, kl_weight: f
         return None
     return KLController(
         budget=budget.general_kl, initial_weight=kl_weight, min_weight=train.kl_weight_min, max_weight=train.kl_weight_max,
-        target_fraction=train.kl_target, gain=train.kl_gain, slack=train.kl_target_slack,
+        target_fraction=train.kl_target, gain=train.kl_gain, slack=train.kl_target_slack, warmup=train.warmup_ratio,
     )  # fmt: skip
 
 
