@@ -23,6 +23,7 @@ from transformers import set_seed
 from . import artifacts as A
 from .adapter import adapter_off, is_peft
 from .config import RunConfig, dump_config
+from .curate.augment import augment_documents
 from .data import Example, expand_paths, load_examples, record_to_example
 from .errors import ForgetlessError
 from .evaluate.domain import DomainData, load_domain
@@ -160,6 +161,9 @@ def load_data(cfg: RunConfig, run_dir: Path, console: Console) -> Data:
                          model_name=cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision)  # fmt: skip
         examples = load_examples([cur.kept_path])
         console.print(f"  curate: kept {cur.kept} records; rejects and reasons in {cur.rejects_path}")
+    if cfg.data.doc_pairs:
+        examples, added = augment_documents(examples)
+        console.print(f"  doc_pairs: + {added} opening + sentence pairs from the documents")
     replay = load_examples([cfg.data.replay]) if cfg.data.replay else None
     domain = load_domain(cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text)
     eval_files = [p for p in (cfg.data.eval_qa, cfg.data.eval_mc, cfg.data.eval_text, cfg.data.replay) if p]

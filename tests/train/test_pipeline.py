@@ -148,6 +148,19 @@ def test_curate_stage_feeds_training(tiny_run: Path) -> None:
     assert info["dataset"]["examples"] == c["kept"]
 
 
+def test_doc_pairs_feed_training(tiny_run: Path) -> None:
+    """With data.doc_pairs on, a document's opening + sentence pairs join the training examples."""
+    with open(tiny_run / "train.jsonl", "a") as f:
+        # Opening "zorvanex is a drug made by acme." (7 words), then two later sentences: 2 pairs.
+        f.write('{"text": "zorvanex is a drug made by acme. it treats marrowick syndrome. the dose is ten mg."}\n')
+    counts = {}
+    for on in (False, True):
+        cfg = load_config(tiny_run / "cfg.yaml", [f"data.doc_pairs={str(on).lower()}", f"run_dir={tiny_run / f'run-{on}'}", "train.max_steps=1", "train.eval_every=1", "train.scale_sweep=[]"])
+        run_pipeline(cfg)
+        counts[on] = json.loads((cfg.run_dir / A.RUN_INFO).read_text())["dataset"]["examples"]
+    assert counts == {False: 7, True: 9}
+
+
 def test_breached_budget_stops_early_through_the_real_trainer(tiny_run: Path) -> None:
     """A budget the tiny model breaks at once (lr 0.01 moves it far from the base): the verdict is
     recorded on every evaluation, the real Trainer stops after ``patience`` of them in a row, and

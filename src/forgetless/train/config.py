@@ -46,6 +46,10 @@ class DataConfig(_Section):
         None, description="Held-out domain text (same formats as train) for perplexity; defaults to eval_qa answers."
     )
     max_length: int = Field(256, ge=16, description="Maximum tokens per training example; longer ones are truncated.")
+    doc_pairs: bool = Field(
+        False,
+        description="Also train on each plain-text document's opening followed by each of its later sentences (forgetless.curate.augment), so facts stated far from their subject sit next to it.",
+    )
     system_prompt: str | None = Field(
         None,
         description="System prompt for chat data. None keeps the chat template's own default, which is what the model will see when served.",
