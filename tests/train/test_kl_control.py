@@ -259,3 +259,26 @@ def test_tiny_run_over_budget_raises_the_weight_until_drift_is_back_under(tiny_r
     for a, b in zip(hist[1:], again[1:]):
         assert b["kl_control/weight"] == pytest.approx(a["kl_control/weight"], rel=1e-6), a["step"]
         assert b["general/kl"] == pytest.approx(a["general/kl"], rel=1e-4), a["step"]
+
+
+def test_tiny_run_with_room_lowers_the_weight_after_its_first_evaluation(tiny_run: Path) -> None:
+    """A run whose drift never reaches its target: the first evaluation after the warmup measures
+    the room, and from then on the weight falls (before, it held at its start the whole run)."""
+    import json
+
+    from forgetless.pipeline import run_pipeline
+
+    (tiny_run / "replay.jsonl").write_text(REPLAY)
+    overrides = [
+        "data.replay=replay.jsonl", "eval.general_suites=[]", "train.replay_ratio=0.5", "train.kl_to_base=1",
+        "budget.general_kl=10", "train.max_steps=18", "train.eval_every=6", "train.warmup_ratio=0.2", "train.scale_sweep=[]",
+        "train.kl_target_slack=0",
+    ]  # fmt: skip
+    cfg = load_config(tiny_run / "cfg.yaml", overrides)
+    run_pipeline(cfg)
+    hist = [json.loads(l) for l in (cfg.run_dir / A.METRICS).read_text().splitlines()]
+    assert [h["step"] for h in hist] == [0, 6, 12, 18]
+    assert all(0 < h["general/kl"] < 1 for h in hist[1:])  # far under the budget's aim of 8 throughout
+    w = [h["kl_control/weight"] for h in hist[1:]]
+    # Held at 1 up to the first evaluation (step 6, after the 4-step warmup); lowered every step after it.
+    assert w[0] == 1.0 and 0.05 <= w[2] < w[1] < 1.0, (w, [(h["general/kl"], h.get("kl_control/signal_ema")) for h in hist])
