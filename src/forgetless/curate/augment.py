@@ -2,7 +2,7 @@
 
 A fact stated far from its subject ("Article 6. ... 3. The penalty for breach is suspension of the
 licence.") is learned as a continuation of that one document, and a question naming the subject
-("What is the penalty for breaching Article 6?") does not reach it. Knowledge-extraction studies
+("What is the penalty for breaching Article 6?") may not reach it. Knowledge-extraction studies
 (Allen-Zhu and Li, "Physics of Language Models 3.1") found that restating the subject in every
 sentence, and varying the order of a document's sentences, is what lets a model answer questions on
 facts it saw only in documents. This is the domain-blind form of that: the opening names the
