@@ -74,11 +74,12 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
     extension = extend_tokens(cfg, base.model, base.tok, data.examples, run_dir, console)
     dataset = build_dataset(
         base.tok, data.examples, max_length=cfg.data.max_length, packing=cfg.train.packing, system_prompt=cfg.data.system_prompt,
-        replay=replay, replay_ratio=cfg.train.replay_ratio, seed=cfg.seed,
+        replay=replay, replay_ratio=cfg.train.replay_ratio, replay_rotate=cfg.train.replay_rotate, seed=cfg.seed,
     )  # fmt: skip
-    total_steps, every = plan_steps(len(dataset), cfg)
-    n_replay = sum(r.replay for r in dataset.rows)
-    console.print(f"  {len(data.examples)} examples -> {len(dataset)} rows ({n_replay} replay), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
+    total_steps, every = plan_steps(dataset.epoch_rows, cfg)
+    n_replay = dataset.replay_rows
+    pool = f" of a pool of {dataset.replay_pool_rows}, rotating" if dataset.replay_per_epoch is not None else ""
+    console.print(f"  {len(data.examples)} examples -> {dataset.epoch_rows} rows an epoch ({n_replay} replay{pool}), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
     evaluator = make_evaluator(cfg, base, data.domain, ref)
     write_run_info(cfg, run_dir, base, data, ref, extension, dataset, n_replay)
 
@@ -261,7 +262,7 @@ def write_run_info(cfg: RunConfig, run_dir: Path, base: Base, data: Data, ref: t
                  extra={"model": cfg.model.name, "prompt_format": prompt_format(base.tok), "device": base.device, "eval_precision": resolve_precision(cfg.eval.precision, base.device),
                         "train_precision": resolve_precision(cfg.train.precision, base.device), "reference": ref[1].name,
                         "tokenizer_extended": tokenizer_fingerprint(base.tok) if extension is not None else None,
-                        "dataset": {"examples": len(data.examples), "rows": len(dataset), "replay_rows": n_replay, "tokens_per_epoch": dataset.num_tokens}}),
+                        "dataset": {"examples": len(data.examples), "rows": dataset.epoch_rows, "replay_rows": n_replay, "replay_pool_rows": dataset.replay_pool_rows, "tokens_per_epoch": dataset.num_tokens}}),
     )  # fmt: skip
 
 

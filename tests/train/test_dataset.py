@@ -6,7 +6,7 @@ import torch
 
 from forgetless.data import Example
 from forgetless.testing import tiny_model, tiny_tokenizer
-from forgetless.train.dataset import IGNORE, PackedCollator, Tokenized, build_dataset, chunk, pack, tokenize_example, ReplaySpreadSampler
+from forgetless.train.dataset import IGNORE, PackedCollator, Tokenized, build_dataset, chunk, pack, tokenize_example, ReplaySampler
 
 X = IGNORE
 # Word ids in forgetless.testing's vocabulary (checked in test_vocab_ids below).
@@ -113,6 +113,53 @@ def test_build_dataset_counts_tokens() -> None:
     assert len(ds) == 1 and ds.num_tokens == 5 + 3
 
 
+
+def test_build_dataset_rotates_the_replay_pool() -> None:
+    # 3 domain rows of 5 tokens (15 tokens); replay 0.25 of all tokens -> 15 / 3 = 5 replay tokens,
+    # so one draw takes 2 of the 10 three-token replay examples (6 tokens). Rotating keeps all 10
+    # as a pool and trains 2 of them an epoch.
+    tok = tiny_tokenizer()
+    dom = [Example(text="zorvanex is a drug")] * 3
+    pool = [Example(text="a drug")] * 10
+    once = build_dataset(tok, dom, max_length=16, packing=False, replay=pool, replay_ratio=0.25)
+    assert (len(once), once.replay_per_epoch, once.epoch_rows, once.replay_rows, once.num_tokens) == (5, None, 5, 2, 15 + 6)
+    rot = build_dataset(tok, dom, max_length=16, packing=False, replay=pool, replay_ratio=0.25, replay_rotate=True)
+    assert [r.replay for r in rot.rows] == [False] * 3 + [True] * 10
+    assert (rot.replay_per_epoch, rot.epoch_rows, rot.replay_rows, rot.replay_pool_rows, rot.num_tokens) == (2, 5, 2, 10, 15 + 6)
+    # A pool no bigger than one epoch's draw (2 examples for 15 replay tokens): nothing to rotate.
+    small = build_dataset(tok, dom, max_length=16, packing=False, replay=pool[:2], replay_ratio=0.5, replay_rotate=True)
+    assert (small.replay_per_epoch, small.epoch_rows, small.replay_rows) == (None, 3 + 5, 5)
+
+
+def test_rotating_replay_trains_every_pool_row_once_before_any_twice() -> None:
+    # 6 domain rows (0-5) and a pool of 10 replay rows (6-15), 4 of them an epoch.
+    flags = [False] * 6 + [True] * 10
+    for spread in (False, True):
+        s = ReplaySampler(flags, 2, seed=1, spread=spread, replay_per_epoch=4)
+        epochs = []
+        for e in range(5):
+            s.set_epoch(e)
+            order = list(s)
+            assert len(order) == len(s) == 10
+            assert sorted(i for i in order if i < 6) == list(range(6))  # every domain row, once
+            epochs.append([i for i in order if i >= 6])
+            if spread:  # 4 replay rows over 5 batches of 2: at most one in each
+                assert all(sum(flags[i] for i in b) <= 1 for b in _batches(order, 2))
+        assert all(len(set(r)) == 4 for r in epochs)
+        # Epochs 0-1 take 8 distinct rows; epoch 2 takes the last 2 and starts the cycle again.
+        assert len(set(epochs[0] + epochs[1])) == 8
+        assert set(epochs[0] + epochs[1] + epochs[2]) == set(range(6, 16))
+        assert set(epochs[2]) >= set(range(6, 16)) - set(epochs[0] + epochs[1])
+        assert set(epochs[2]) - (set(range(6, 16)) - set(epochs[0] + epochs[1])) <= set(epochs[0])
+        s.set_epoch(1)
+        assert [i for i in s if i >= 6] == epochs[1]  # deterministic in (seed, epoch): a resume replays it
+    try:
+        ReplaySampler(flags, 2, replay_per_epoch=11)
+    except ValueError as e:
+        assert "[1, 10]" in str(e)
+    else:
+        raise AssertionError("a replay_per_epoch above the pool was accepted")
+
 # --- a base model without a chat template: the plain Question:/Answer: frame -----------------
 
 
@@ -161,13 +208,13 @@ def test_replay_spread_gives_every_batch_its_share() -> None:
     # 18 replay rows among 59 at batch 4 (the quillmark run): 15 batches, 18/15 = 1.2 per batch,
     # so every batch holds 1 or 2 replay rows, where a shuffle leaves about a quarter with none.
     flags = [i % 59 < 18 for i in range(59)]
-    s = ReplaySpreadSampler(flags, 4, seed=3)
+    s = ReplaySampler(flags, 4, seed=3)
     order = list(s)
     assert sorted(order) == list(range(59))  # a permutation: nothing dropped or repeated
     counts = [sum(flags[i] for i in b) for b in _batches(order, 4)]
     assert len(counts) == 15 and sum(counts) == 18
     assert all(c in (1, 2) for c in counts)
-    assert order == list(ReplaySpreadSampler(flags, 4, seed=3))  # deterministic in (seed, epoch)
+    assert order == list(ReplaySampler(flags, 4, seed=3))  # deterministic in (seed, epoch)
     s.set_epoch(1)
     assert list(s) != order and sorted(s) == list(range(59))
 
@@ -177,11 +224,11 @@ def test_replay_spread_edge_cases() -> None:
     # short last batch: each batch's share of its size, rounded (7/10 of 4, 4, 2: 2, 3, 2 rows).
     # All replay / none: a plain permutation.
     few = [i < 2 for i in range(12)]  # 3 batches of 4, 2 replay rows
-    assert [sum(few[i] for i in b) for b in _batches(list(ReplaySpreadSampler(few, 4)), 4)] in ([1, 1, 0], [1, 0, 1], [0, 1, 1])
+    assert [sum(few[i] for i in b) for b in _batches(list(ReplaySampler(few, 4)), 4)] in ([1, 1, 0], [1, 0, 1], [0, 1, 1])
     many = [i >= 3 for i in range(10)]  # 7 replay, 3 domain, batches 4 + 4 + 2
-    order = list(ReplaySpreadSampler(many, 4))
+    order = list(ReplaySampler(many, 4))
     assert sorted(order) == list(range(10))
     assert sorted(sum(many[i] for i in b) for b in _batches(order, 4)[:2]) == [2, 3]
     assert sum(many[i] for i in order[8:]) == 2 and len(order[8:]) == 2
     for flags in ([True] * 5, [False] * 5):
-        assert sorted(ReplaySpreadSampler(flags, 2)) == list(range(5))
+        assert sorted(ReplaySampler(flags, 2)) == list(range(5))

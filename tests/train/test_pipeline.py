@@ -161,6 +161,22 @@ def test_doc_pairs_feed_training(tiny_run: Path) -> None:
     assert counts == {False: 7, True: 9}
 
 
+
+def test_replay_rotate_sizes_the_epoch_by_its_own_rows(tiny_run: Path) -> None:
+    """train.replay_rotate keeps the whole replay pool, trains one draw's worth of it an epoch, and
+    plans the run's steps from an epoch's rows; run_info says both."""
+    words = "zorvanex acme drug made by what is a".split()
+    (tiny_run / "replay.jsonl").write_text("".join(f'{{"text": "{a} {b}"}}\n' for a in words for b in words))  # 64 rows
+    infos = {}
+    for on in (False, True):
+        cfg = load_config(tiny_run / "cfg.yaml", [f"train.replay_rotate={str(on).lower()}", f"data.replay={tiny_run / 'replay.jsonl'}", "train.replay_ratio=0.3", f"run_dir={tiny_run / f'rot-{on}'}", "train.max_steps=1", "train.eval_every=1", "train.scale_sweep=[]"])
+        run_pipeline(cfg)
+        infos[on] = json.loads((cfg.run_dir / A.RUN_INFO).read_text())["dataset"]
+    off, on = infos[False], infos[True]
+    assert off["replay_pool_rows"] == off["replay_rows"] > 0
+    assert on["replay_pool_rows"] > on["replay_rows"] == off["replay_rows"]
+    assert on["rows"] == off["rows"] and on["tokens_per_epoch"] > 0
+
 def test_breached_budget_stops_early_through_the_real_trainer(tiny_run: Path) -> None:
     """A budget the tiny model breaks at once (lr 0.01 moves it far from the base): the verdict is
     recorded on every evaluation, the real Trainer stops after ``patience`` of them in a row, and

@@ -207,7 +207,7 @@ def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN00
     from forgetless.testing import tiny_tokenizer
     from forgetless.train.build import build_trainer
     from forgetless.train.callbacks import MetricsRecorder
-    from forgetless.train.dataset import ReplaySpreadSampler
+    from forgetless.train.dataset import ReplaySampler
 
     cfg = load_config(tiny_run / "cfg.yaml")
     tok = tiny_tokenizer()
@@ -228,12 +228,50 @@ def test_trainer_batches_each_hold_replay_rows(tiny_run) -> None:  # noqa: ANN00
     ref = GeneralReference([], [], [], [], [], [])
     regs = Regularizers(model, kl_to_base=1.0)
     trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu", regularizers=regs)
-    assert isinstance(trainer._get_train_sampler(), ReplaySpreadSampler)
+    assert isinstance(trainer._get_train_sampler(), ReplaySampler)
     assert [int(b["replay"].sum()) for b in trainer.get_train_dataloader()] == [1, 1, 1]
     cfg.train.replay_every_batch = False
     plain = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=3, every=3, device="cpu", regularizers=regs)
-    assert not isinstance(plain._get_train_sampler(), ReplaySpreadSampler)
+    assert not isinstance(plain._get_train_sampler(), ReplaySampler)
 
+
+
+def test_trainer_rotates_through_the_replay_pool(tiny_run) -> None:  # noqa: ANN001
+    """train.replay_rotate: the Trainer's epochs take the next replay rows of the pool each, and an
+    epoch has as many steps as its own rows make, not as the whole pool would."""
+    from forgetless.config import load_config
+    from forgetless.data import Example
+    from forgetless.evaluate.domain import DomainData
+    from forgetless.evaluate.drift import GeneralReference
+    from forgetless.evaluate.runner import Evaluator
+    from forgetless.testing import tiny_tokenizer
+    from forgetless.train.build import build_trainer
+    from forgetless.train.callbacks import MetricsRecorder
+    from forgetless.train.dataset import ReplaySampler, build_dataset
+
+    cfg = load_config(tiny_run / "cfg.yaml")
+    tok = tiny_tokenizer()
+    model = _peft()
+    # 6 domain rows of 5 tokens; replay 0.25 -> 10 tokens an epoch: 4 of the 12 three-token
+    # replay rows, so the pool lasts 3 epochs.
+    ds = build_dataset(tok, [Example(text="zorvanex is a drug")] * 6, max_length=16, packing=False,
+                       replay=[Example(text=f"a {w}") for w in "drug acme zorvanex made by is what a drug acme made by".split()], replay_ratio=0.25, replay_rotate=True)  # fmt: skip
+    assert (ds.epoch_rows, ds.replay_per_epoch, ds.replay_pool_rows) == (10, 4, 12)
+    cfg.train.batch_size = 2
+    ref = GeneralReference([], [], [], [], [], [])
+    rec = MetricsRecorder(cfg.run_dir / "m.jsonl", cfg.run_dir / "tb")
+    trainer = build_trainer(cfg, model, tok, ds, Evaluator(tok, DomainData(), ref), rec, total_steps=15, every=15, device="cpu", regularizers=Regularizers(model, kl_to_base=1.0))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, ReplaySampler) and sampler.per_epoch == 4 and not sampler.spread
+    dl = trainer.get_train_dataloader()
+    assert len(dl) == 5  # 10 rows an epoch at batch 2
+    seen = []
+    for epoch in range(3):
+        dl.set_epoch(epoch)
+        batches = list(dl)
+        assert len(batches) == 5 and sum(int(b["replay"].sum()) for b in batches) == 4
+        seen += [tuple(row[:3].tolist()) for b in batches for row, r in zip(b["input_ids"], b["replay"]) if r]
+    assert len(set(seen)) >= 6  # 12 rows over 3 epochs: not the same 4 every epoch
 
 def _docs_and_replay(docs: list[str]):  # noqa: ANN202
     """A tiny tokenizer and an unpacked dataset: ``docs`` as domain rows, one replay row (half)."""

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..lmhead import chunked_ce_sum, final_hidden, lm_split
-from ..train.dataset import IGNORE, PackedCollator, ReplaySpreadSampler
+from ..train.dataset import IGNORE, PackedCollator, PackedDataset, ReplaySampler
 from ..train.kl_control import KLController
 from ..train.regularizers import Regularizers, global_token_mean
 from .replay import REPLAY, ReplayCollator, replay_flags
@@ -41,7 +41,7 @@ class ForgetlessLossMixin:
       (``kl_to_base`` is then only its starting weight). It reads each step's replay KL, its state
       goes into every checkpoint (``kl_control.json``) and is restored on resume.
     - ``replay_every_batch``: with a KL term, spread the replay rows over the batches
-      (:class:`ReplaySpreadSampler`) instead of the parent's shuffle, so no step trains on domain
+      (:class:`ReplaySampler`) instead of the parent's shuffle, so no step trains on domain
       rows without the KL term (off by default: it learned less on a measured run).
     - ``head_chunk``: > 0 computes the language-model loss and the KL term from the final hidden
       states, projecting that many labelled positions through the LM head at a time (under
@@ -115,12 +115,16 @@ class ForgetlessLossMixin:
             self._signature_columns = [*cols, REPLAY]
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """With a KL term, an order that gives every batch its share of the replay rows; else the parent's."""
+        """The epoch order: forgetless' own when the replay rows rotate through their pool, or when
+        with a KL term every batch gets its share of them; else the parent's shuffle."""
         ds = self.train_dataset if train_dataset is None else train_dataset  # type: ignore[attr-defined]
         flags = replay_flags(ds)
-        if not self.replay_every_batch or self.regularizers is None or not self.regularizers.kl_weight or not flags or not any(flags):
+        spread = bool(self.replay_every_batch and self.regularizers is not None and self.regularizers.kl_weight and flags and any(flags))
+        per_epoch = ds.replay_per_epoch if isinstance(ds, PackedDataset) else None
+        if not spread and per_epoch is None:
             return super()._get_train_sampler(train_dataset)  # type: ignore[misc]
-        return ReplaySpreadSampler(flags, self.args.per_device_train_batch_size, seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)  # type: ignore[attr-defined]
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # type: ignore[attr-defined]
+        return ReplaySampler(flags or [], self.args.per_device_train_batch_size, seed=seed, spread=spread, replay_per_epoch=per_epoch)  # type: ignore[attr-defined]
 
     def get_train_dataloader(self) -> Any:
         """The parent's, after checking that the replay flag reached the training set."""

@@ -70,10 +70,15 @@ def unpacked(items: list[Tokenized]) -> list[Packed]:
 
 
 class PackedDataset(torch.utils.data.Dataset):
-    """A list of :class:`Packed` rows served as dicts of lists."""
+    """A list of :class:`Packed` rows served as dicts of lists.
 
-    def __init__(self, rows: list[Packed]) -> None:
+    ``replay_per_epoch``: when set, the replay rows are a pool that the epochs rotate through,
+    that many rows an epoch (:class:`ReplaySampler`); None: every row is trained every epoch.
+    """
+
+    def __init__(self, rows: list[Packed], *, replay_per_epoch: int | None = None) -> None:
         self.rows = rows
+        self.replay_per_epoch = replay_per_epoch
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -83,9 +88,26 @@ class PackedDataset(torch.utils.data.Dataset):
         return {"input_ids": r.input_ids, "labels": r.labels, "position_ids": r.position_ids, "replay": r.replay}
 
     @property
+    def replay_pool_rows(self) -> int:
+        """Replay rows held (the pool the epochs rotate through, or the one draw every epoch trains)."""
+        return sum(r.replay for r in self.rows)
+
+    @property
+    def replay_rows(self) -> int:
+        """Replay rows one epoch trains on."""
+        return self.replay_pool_rows if self.replay_per_epoch is None else self.replay_per_epoch
+
+    @property
+    def epoch_rows(self) -> int:
+        """Rows one epoch trains on (all of them, unless the replay rows rotate)."""
+        return sum(not r.replay for r in self.rows) + self.replay_rows
+
+    @property
     def num_tokens(self) -> int:
-        """Total tokens across rows (what one epoch processes)."""
-        return sum(len(r.input_ids) for r in self.rows)
+        """Tokens one epoch processes (with rotating replay rows: their mean row length times their count)."""
+        dom = sum(len(r.input_ids) for r in self.rows if not r.replay)
+        rep = [len(r.input_ids) for r in self.rows if r.replay]
+        return dom + (round(sum(rep) / len(rep) * self.replay_rows) if rep else 0)
 
 
 @dataclass
@@ -161,9 +183,16 @@ def build_dataset(
     system_prompt: str | None = None,
     replay: list[Example] | None = None,
     replay_ratio: float = 0.0,
+    replay_rotate: bool = False,
     seed: int = 0,
 ) -> PackedDataset:
-    """Tokenize, chunk and (optionally) pack examples into a training dataset, with replay mixed in."""
+    """Tokenize, chunk and (optionally) pack examples into a training dataset, with replay mixed in.
+
+    ``replay_rotate``: keep the whole replay pool as rows and let the epochs rotate through it
+    (:class:`ReplaySampler`), each epoch training the share of replay rows ``replay_ratio`` asks
+    for. Without it one draw from the pool is trained every epoch, and the KL term fits those
+    rows rather than the base's behaviour at large.
+    """
     def tokenized(exs: list[Example], as_replay: bool) -> list[Tokenized]:
         out: list[Tokenized] = []
         for ex in exs:
@@ -172,33 +201,49 @@ def build_dataset(
             out.extend(chunk(t, max_length))
         return out
 
-    items = mix_replay(tokenized(examples, False), tokenized(replay or [], True), replay_ratio, seed=seed)
-    rows = pack(items, max_length) if packing else unpacked(items)
+    to_rows = (lambda items: pack(items, max_length)) if packing else unpacked
+    pool = tokenized(replay or [], True)
+    rows = to_rows(mix_replay(tokenized(examples, False), pool, replay_ratio, seed=seed))
     if not rows:
         raise InputError("no trainable tokens in the training data (every example is empty or fully masked)")
+    per_epoch = sum(r.replay for r in rows)
+    if replay_rotate and per_epoch:
+        pool_rows = to_rows(pool)
+        if len(pool_rows) > per_epoch:  # a pool no bigger than one epoch's draw has nothing to rotate
+            return PackedDataset([r for r in rows if not r.replay] + pool_rows, replay_per_epoch=per_epoch)
     return PackedDataset(rows)
 
 
-class ReplaySpreadSampler(torch.utils.data.Sampler[int]):
-    """An epoch order in which every batch holds its share of the replay rows.
+class ReplaySampler(torch.utils.data.Sampler[int]):
+    """An epoch order over the domain rows and this epoch's replay rows.
 
-    A plain shuffle leaves some batches without a replay row (30% replay at batch 4: one step in
-    four), and on such a step the KL-to-base term is absent while Adam moves the adapter at full
-    LR on domain rows alone, whatever the KL weight. Here each consecutive block of
-    ``batch_size`` indices holds its size's share of the replay rows, rounded down or up (so
-    every batch has one whenever replay is at least 1 / batch_size of the rows), both groups
-    shuffled within themselves, with the batches' order shuffled too.
+    ``replay_per_epoch`` (a :class:`PackedDataset` whose replay rows rotate): each epoch takes
+    the next that many replay rows of one seeded cycle through the pool, so every pool row is
+    trained once before any is trained twice; None takes every replay row every epoch.
+
+    ``spread``: each consecutive block of ``batch_size`` indices holds its size's share of the
+    replay rows, rounded down or up (so every batch has one whenever replay is at least 1 /
+    batch_size of the rows), both groups shuffled within themselves, with the batches' order
+    shuffled too. A plain shuffle leaves some batches without a replay row (30% replay at batch
+    4: one step in four), and on such a step the KL-to-base term is absent while Adam moves the
+    adapter at full LR on domain rows alone, whatever the KL weight. Without ``spread``, one
+    shuffle of all the epoch's rows.
 
     Deterministic in ``(seed, epoch)``: a resumed run skips into the same order. Under DDP the
     data loader hands whole batches of this order to each rank, so each rank's batches are spread too.
     """
 
-    def __init__(self, replay: list[bool], batch_size: int, *, seed: int = 0) -> None:
+    def __init__(self, replay: list[bool], batch_size: int, *, seed: int = 0, spread: bool = True, replay_per_epoch: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n_rep = sum(bool(r) for r in replay)
+        if replay_per_epoch is not None and not 0 < replay_per_epoch <= n_rep:
+            raise ValueError(f"replay_per_epoch must be in [1, {n_rep}] (the replay rows), got {replay_per_epoch}")
         self.replay = [bool(r) for r in replay]
         self.batch_size = batch_size
         self.seed = seed
+        self.spread = spread
+        self.per_epoch = replay_per_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -206,15 +251,30 @@ class ReplaySpreadSampler(torch.utils.data.Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.replay)
+        return len(self.replay) if self.per_epoch is None else self.replay.count(False) + self.per_epoch
+
+    def epoch_replay(self) -> list[int]:
+        """This epoch's replay rows (indices), in the pool's cycle order."""
+        rep = [i for i, r in enumerate(self.replay) if r]
+        if self.per_epoch is None:
+            return rep
+        # The cycle is seeded by the seed alone, so consecutive epochs take consecutive slices.
+        g = torch.Generator().manual_seed(self.seed * 100_003 + 99_991)
+        cycle = [rep[int(j)] for j in torch.randperm(len(rep), generator=g)]
+        start = self.epoch * self.per_epoch
+        return [cycle[(start + j) % len(cycle)] for j in range(self.per_epoch)]
 
     def __iter__(self):  # noqa: ANN204
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        rep = [i for i, r in enumerate(self.replay) if r]
+        rep = self.epoch_replay()
         dom = [i for i, r in enumerate(self.replay) if not r]
+        if not self.spread:
+            rows = dom + rep
+            yield from (rows[int(j)] for j in torch.randperm(len(rows), generator=g))
+            return
         rep = [rep[int(j)] for j in torch.randperm(len(rep), generator=g)]
         dom = [dom[int(j)] for j in torch.randperm(len(dom), generator=g)]
-        n, b = len(self.replay), self.batch_size
+        n, b = len(rep) + len(dom), self.batch_size
         nb = -(-n // b)
         batches: list[list[int]] = []
         ri = di = 0
