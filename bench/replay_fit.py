@@ -9,8 +9,9 @@ than the general prompts show.
 
     python bench/replay_fit.py runs/verrand/forgetless-default 75 150 225
 
-With ``train.replay_rotate`` the epochs rotate through the whole pool, so every example is drawn
-sooner or later; the split then compares the first epoch's draw against the rest.
+With ``train.replay_rotate`` the epochs rotate through the whole pool and every example is trained
+in turn; the split is then between two sets of trained examples, and a ratio near 1 says neither
+is fitted more than the other.
 """
 
 from __future__ import annotations
