@@ -210,7 +210,10 @@ class TrainConfig(_Section):
         # on the 48 replay rows the run drew was 0.024 nats/token, on the 152 pool prompts it never
         # drew 0.047, and on the in-loop general prompts 0.045. The KL term kept the rows it saw
         # close to the base, not the base's behaviour at large, so the controller's replay signal
-        # read half the drift it was steering (docs/benchmarks.md, session 21).
+        # read half the drift it was steering. Rotating on the same domain and seed (15 passes)
+        # kept that signal near the general drift and answered as many questions at less drift
+        # (0.367 at KL 0.039 against 0.367 at 0.043 without, on the earlier machine image); off
+        # until it is measured on the other domains and seeds (docs/benchmarks.md, session 21).
         False,
         description="Rotate through the whole replay pool over the epochs (each epoch trains replay_ratio's share of it, the next rows of a seeded cycle) instead of training one draw from it every epoch.",
     )
