@@ -25,11 +25,12 @@ import torch
 from rich.console import Console
 
 from forgetless import artifacts as A
-from forgetless.adapter import attach_run_adapter
-from forgetless.data import Tokenized, tokenize_example
+from forgetless.adapter import adapter_off, attach_run_adapter
+from forgetless.data import IGNORE, Tokenized
+from forgetless.lmhead import kl_per_position
 from forgetless.pipeline import load_base, load_data, self_replay
 from forgetless.runfolder import read_run_folder
-from forgetless.train.dataset import chunk, draw_replay
+from forgetless.train.dataset import draw_replay, tokenize_all
 
 
 @torch.no_grad()
@@ -38,11 +39,10 @@ def kl_per_token(model: Any, items: list[Tokenized]) -> float:
     total, n = 0.0, 0
     for t in items:
         ids = torch.tensor([t.input_ids])
-        mask = torch.tensor(t.labels[1:]) != -100
-        with model.disable_adapter():
-            base = model(input_ids=ids).logits[0, :-1][mask].float().log_softmax(-1)
-        tuned = model(input_ids=ids).logits[0, :-1][mask].float().log_softmax(-1)
-        total += (base.exp() * (base - tuned)).sum().item()
+        mask = torch.tensor(t.labels[1:]) != IGNORE
+        with adapter_off(model):
+            base = model(input_ids=ids).logits[0, :-1][mask]
+        total += kl_per_position(base, model(input_ids=ids).logits[0, :-1][mask]).sum().item()
         n += int(mask.sum())
     return total / max(n, 1)
 
@@ -59,16 +59,9 @@ def main() -> None:
     base = load_base(cfg)
     pool_examples = self_replay(base, console) if data.replay is None else data.replay
 
-    def tokenized(exs: list[Any], replay: bool) -> list[Tokenized]:
-        out: list[Tokenized] = []
-        for ex in exs:
-            t = tokenize_example(base.tok, ex, system_prompt=cfg.data.system_prompt)
-            t.replay = replay
-            out.extend(chunk(t, cfg.data.max_length))
-        return out
-
     # The same draw build_dataset makes (one epoch's draw, with train.replay_rotate).
-    domain, pool = tokenized(data.examples, False), tokenized(pool_examples, True)
+    kw = {"max_length": cfg.data.max_length, "system_prompt": cfg.data.system_prompt}
+    domain, pool = tokenize_all(base.tok, data.examples, **kw), tokenize_all(base.tok, pool_examples, **kw, as_replay=True)
     drawn = set(draw_replay(sum(len(t.input_ids) for t in domain), [len(t.input_ids) for t in pool], cfg.train.replay_ratio, seed=cfg.seed))
     never = [i for i in range(len(pool)) if i not in drawn]
     print(f"{args.run}: replay pool {len(pool)} examples; drawn {len(drawn)}, never drawn {len(never)}")

@@ -77,11 +77,10 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, console: Console | Non
         replay=replay, replay_ratio=cfg.train.replay_ratio, replay_rotate=cfg.train.replay_rotate, seed=cfg.seed,
     )  # fmt: skip
     total_steps, every = plan_steps(dataset.epoch_rows, cfg)
-    n_replay = dataset.replay_rows
     pool = f" of a pool of {dataset.replay_pool_rows}, rotating" if dataset.replay_per_epoch is not None else ""
-    console.print(f"  {len(data.examples)} examples -> {dataset.epoch_rows} rows an epoch ({n_replay} replay{pool}), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
+    console.print(f"  {len(data.examples)} examples -> {dataset.epoch_rows} rows an epoch ({dataset.replay_rows} replay{pool}), {dataset.num_tokens} tokens/epoch; {total_steps} steps, evaluate every {every}")
     evaluator = make_evaluator(cfg, base, data.domain, ref)
-    write_run_info(cfg, run_dir, base, data, ref, extension, dataset, n_replay)
+    write_run_info(cfg, run_dir, base, data, ref, extension, dataset)
 
     step("train")
     model = attach(cfg, base.model, extension, console)
@@ -254,7 +253,7 @@ def make_evaluator(cfg: RunConfig, base: Base, domain: DomainData, ref: tuple[Ge
     )  # fmt: skip
 
 
-def write_run_info(cfg: RunConfig, run_dir: Path, base: Base, data: Data, ref: tuple[GeneralReference, Path], extension: Any, dataset: PackedDataset, n_replay: int) -> None:
+def write_run_info(cfg: RunConfig, run_dir: Path, base: Base, data: Data, ref: tuple[GeneralReference, Path], extension: Any, dataset: PackedDataset) -> None:
     """run_info.json: versions, content hashes and what the run was built from."""
     atomic_write_json(
         run_dir / A.RUN_INFO,
@@ -262,7 +261,7 @@ def write_run_info(cfg: RunConfig, run_dir: Path, base: Base, data: Data, ref: t
                  extra={"model": cfg.model.name, "prompt_format": prompt_format(base.tok), "device": base.device, "eval_precision": resolve_precision(cfg.eval.precision, base.device),
                         "train_precision": resolve_precision(cfg.train.precision, base.device), "reference": ref[1].name,
                         "tokenizer_extended": tokenizer_fingerprint(base.tok) if extension is not None else None,
-                        "dataset": {"examples": len(data.examples), "rows": dataset.epoch_rows, "replay_rows": n_replay, "replay_pool_rows": dataset.replay_pool_rows, "tokens_per_epoch": dataset.num_tokens}}),
+                        "dataset": {"examples": len(data.examples), "rows": dataset.epoch_rows, "replay_rows": dataset.replay_rows, "replay_pool_rows": dataset.replay_pool_rows, "tokens_per_epoch": dataset.num_tokens}}),
     )  # fmt: skip
 
 

@@ -113,7 +113,6 @@ def test_build_dataset_counts_tokens() -> None:
     assert len(ds) == 1 and ds.num_tokens == 5 + 3
 
 
-
 def test_build_dataset_rotates_the_replay_pool() -> None:
     # 3 domain rows of 5 tokens (15 tokens); replay 0.25 of all tokens -> 15 / 3 = 5 replay tokens,
     # so one draw takes 2 of the 10 three-token replay examples (6 tokens). Rotating keeps all 10
@@ -159,6 +158,7 @@ def test_rotating_replay_trains_every_pool_row_once_before_any_twice() -> None:
         assert "[1, 10]" in str(e)
     else:
         raise AssertionError("a replay_per_epoch above the pool was accepted")
+
 
 # --- a base model without a chat template: the plain Question:/Answer: frame -----------------
 

@@ -174,6 +174,17 @@ def mix_replay(domain: list[Tokenized], replay: list[Tokenized], ratio: float, *
     return list(domain) + [replay[i] for i in idx]
 
 
+def tokenize_all(tok: PreTrainedTokenizerBase, examples: list[Example], *, max_length: int, system_prompt: str | None = None, as_replay: bool = False) -> list[Tokenized]:
+    """Each example tokenized and cut into windows of at most ``max_length``; ``as_replay`` marks
+    them all as replay (an example may also be replay by its own flag)."""
+    out: list[Tokenized] = []
+    for ex in examples:
+        t = tokenize_example(tok, ex, system_prompt=system_prompt)
+        t.replay = t.replay or as_replay
+        out.extend(chunk(t, max_length))
+    return out
+
+
 def build_dataset(
     tok: PreTrainedTokenizerBase,
     examples: list[Example],
@@ -193,17 +204,10 @@ def build_dataset(
     for. Without it one draw from the pool is trained every epoch, and the KL term fits those
     rows rather than the base's behaviour at large.
     """
-    def tokenized(exs: list[Example], as_replay: bool) -> list[Tokenized]:
-        out: list[Tokenized] = []
-        for ex in exs:
-            t = tokenize_example(tok, ex, system_prompt=system_prompt)
-            t.replay = t.replay or as_replay
-            out.extend(chunk(t, max_length))
-        return out
-
     to_rows = (lambda items: pack(items, max_length)) if packing else unpacked
-    pool = tokenized(replay or [], True)
-    rows = to_rows(mix_replay(tokenized(examples, False), pool, replay_ratio, seed=seed))
+    pool = tokenize_all(tok, replay or [], max_length=max_length, system_prompt=system_prompt, as_replay=True)
+    domain = tokenize_all(tok, examples, max_length=max_length, system_prompt=system_prompt)
+    rows = to_rows(mix_replay(domain, pool, replay_ratio, seed=seed))
     if not rows:
         raise InputError("no trainable tokens in the training data (every example is empty or fully masked)")
     per_epoch = sum(r.replay for r in rows)
